@@ -1,0 +1,98 @@
+"""Parsers for the units users type: image sizes, byte sizes, counts. One error style for all.
+
+Each parser accepts the string a user typed on the command line or in an ini file, and the
+native value a marker or keyword argument may pass (an int, a tuple), and raises
+`SdoptUsageError` with the accepted forms when it cannot make sense of it.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+from pytest_sdopt.errors import SdoptUsageError
+
+_WXH = re.compile(r"^\s*(\d+)\s*[xX×]\s*(\d+)\s*$")
+_BYTES = re.compile(r"^\s*(\d+(?:\.\d+)?|\.\d+)\s*([a-zA-Z]*)\s*$")
+_BYTE_UNITS = {
+    "": 1,
+    "b": 1,
+    "kb": 10**3,
+    "mb": 10**6,
+    "gb": 10**9,
+    "tb": 10**12,
+    "kib": 2**10,
+    "mib": 2**20,
+    "gib": 2**30,
+    "tib": 2**40,
+}
+
+
+def parse_image_size(value: object, what: str = "size") -> tuple[int, int]:
+    """`"512x512"`, `(512, 512)` or `512` (square) -> (width, height), each a positive multiple of 8."""
+    if isinstance(value, bool):
+        raise SdoptUsageError(f"{what} must be WIDTHxHEIGHT such as 512x512, not {value!r}.")
+    if isinstance(value, int):
+        width = height = value
+    elif isinstance(value, (tuple, list)) and len(value) == 2 and all(type(v) is int for v in value):
+        width, height = value
+    elif isinstance(value, str) and (match := _WXH.match(value)):
+        width, height = int(match.group(1)), int(match.group(2))
+    else:
+        raise SdoptUsageError(f"{what} must be WIDTHxHEIGHT such as 512x512, not {value!r}.")
+    if width <= 0 or height <= 0 or width % 8 or height % 8:
+        raise SdoptUsageError(
+            f"{what} {width}x{height} is not usable: width and height must be positive multiples "
+            f"of 8 (the VAE works on 1/8-size latents), e.g. 512x512."
+        )
+    return width, height
+
+
+def parse_int(value: object, what: str, minimum: int) -> int:
+    """A whole number >= minimum, from an int or its decimal string."""
+    if isinstance(value, bool):
+        raise SdoptUsageError(f"{what} must be a whole number >= {minimum}, not {value!r}.")
+    if isinstance(value, str):
+        try:
+            value = int(value.strip())
+        except ValueError:
+            raise SdoptUsageError(f"{what} must be a whole number >= {minimum}, not {value!r}.") from None
+    if not isinstance(value, int) or value < minimum:
+        raise SdoptUsageError(f"{what} must be a whole number >= {minimum}, not {value!r}.")
+    return value
+
+
+def parse_float(value: object, what: str, minimum: float | None = None) -> float:
+    """A finite number (>= minimum when given), from a number or its string."""
+    if isinstance(value, bool):
+        raise SdoptUsageError(f"{what} must be a number, not {value!r}.")
+    try:
+        number = float(value.strip()) if isinstance(value, str) else float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise SdoptUsageError(f"{what} must be a number, not {value!r}.") from None
+    if not math.isfinite(number) or (minimum is not None and number < minimum):
+        bound = f" >= {minimum}" if minimum is not None else ""
+        raise SdoptUsageError(f"{what} must be a finite number{bound}, not {value!r}.")
+    return number
+
+
+def parse_byte_size(value: object, what: str = "size") -> int:
+    """`"5.1 GB"`, `"5100MB"`, `"4.75GiB"` or an int of bytes -> bytes (decimal and binary units)."""
+    forms = 'a byte count such as "5.1 GB", "5100MB", "4.75GiB" or an int of bytes'
+    if isinstance(value, bool):
+        raise SdoptUsageError(f"{what} must be {forms}, not {value!r}.")
+    if isinstance(value, int):
+        number, unit = float(value), ""
+    elif isinstance(value, str) and (match := _BYTES.match(value)):
+        number, unit = float(match.group(1)), match.group(2).lower()
+        if unit not in _BYTE_UNITS:
+            raise SdoptUsageError(
+                f"{what} {value!r} has an unknown unit {match.group(2)!r}: use B, KB, MB, GB, TB "
+                f"(powers of 1000) or KiB, MiB, GiB, TiB (powers of 1024)."
+            )
+    else:
+        raise SdoptUsageError(f"{what} must be {forms}, not {value!r}.")
+    size = round(number * _BYTE_UNITS[unit])
+    if size <= 0:
+        raise SdoptUsageError(f"{what} must be more than zero bytes, not {value!r}.")
+    return size

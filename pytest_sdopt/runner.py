@@ -1,0 +1,130 @@
+"""Run one stack on one scenario: warm-ups, then measured runs with per-step timing.
+
+Measurement rules (DESIGN §4): progress bars off; each denoising step is timed on the
+pipeline's step-end callback after synchronizing the device; warm-up runs are dropped; it/s
+is the median over measured runs. Every call is seeded the same way, so every run of a stack
+draws the same image.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+from pytest_sdopt.devices import synchronize
+from pytest_sdopt.optimizations import Stack
+from pytest_sdopt.scenario import Measurement, Scenario
+
+TEXT_ENCODERS = ("text_encoder", "text_encoder_2", "text_encoder_3")
+
+
+@dataclass
+class RunResult:
+    """What one run of a stack measured. Memory fields stay None where they cannot be measured."""
+
+    stack: str
+    scenario: Scenario
+    images: list[Any]  # PIL images of the last measured run
+    step_times_s: list[list[float]]  # per measured run, seconds per denoising step
+    its: float  # median over measured runs of steps / seconds spent in steps
+    total_s: float  # median seconds of one whole pipeline call (encode, denoise, decode)
+    device: str
+    env: dict[str, Any] = field(default_factory=dict)
+    peak_vram_bytes: int | None = None
+    peak_vram_reserved_bytes: int | None = None
+    peak_device_bytes: int | None = None
+    peak_host_bytes: int | None = None
+
+    @property
+    def image(self) -> Any:
+        return self.images[0]
+
+
+class StepClock:
+    """Timestamps of one pipeline call: prompt encoded, then each denoising step's end.
+
+    The first step starts when the last text-encoder forward ends (a forward hook), so a
+    step's time holds the UNet, the scheduler and the guidance arithmetic, not the prompt
+    encoding. Pipelines without a text encoder fall back to the call's start.
+    """
+
+    def __init__(self, device: Any):
+        self.device = device
+        self.call_start = 0.0
+        self.encoded_at: float | None = None
+        self.step_ends: list[float] = []
+
+    def now(self) -> float:
+        synchronize(self.device)
+        return time.perf_counter()
+
+    def on_step_end(self, pipe: Any, step: int, timestep: Any, callback_kwargs: dict) -> dict:
+        self.step_ends.append(self.now())
+        return callback_kwargs
+
+    def _encoded(self, module: Any, args: Any, output: Any) -> None:
+        self.encoded_at = self.now()
+
+    @contextmanager
+    def watching(self, pipe: Any) -> Iterator["StepClock"]:
+        handles = [getattr(pipe, name).register_forward_hook(self._encoded)
+                   for name in TEXT_ENCODERS if getattr(pipe, name, None) is not None]
+        try:
+            self.call_start = self.now()
+            yield self
+        finally:
+            for handle in handles:
+                handle.remove()
+
+    def step_times(self) -> list[float]:
+        start = self.encoded_at if self.encoded_at is not None else self.call_start
+        marks = [start, *self.step_ends]
+        return [later - earlier for earlier, later in zip(marks, marks[1:])]
+
+
+def call_kwargs(scenario: Scenario) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {"prompt": scenario.prompt, "guidance_scale": scenario.guidance, "output_type": "pil"}
+    if scenario.steps is not None:
+        kwargs["num_inference_steps"] = scenario.steps
+    if scenario.size is not None:
+        kwargs["width"], kwargs["height"] = scenario.size
+    return kwargs
+
+
+def run_pipeline(pipe: Any, stack: Stack, scenario: Scenario, measurement: Measurement, device: Any,
+                 env: dict[str, Any]) -> RunResult:
+    import torch
+
+    pipe.set_progress_bar_config(disable=True)
+    kwargs = call_kwargs(scenario)
+    step_times: list[list[float]] = []
+    totals: list[float] = []
+    images: list[Any] = []
+    for index in range(measurement.warmup + measurement.repeats):
+        # The global RNG too: optimizations that draw their own randomness (tomesd) fork it.
+        torch.manual_seed(scenario.seed)
+        stack.before_each_call(pipe)
+        # A CPU generator draws the same initial latents on every device.
+        generator = torch.Generator("cpu").manual_seed(scenario.seed)
+        clock = StepClock(device)
+        with clock.watching(pipe):
+            output = pipe(**kwargs, generator=generator, callback_on_step_end=clock.on_step_end)
+            end = clock.now()
+        if index >= measurement.warmup:
+            step_times.append(clock.step_times())
+            totals.append(end - clock.call_start)
+            images = list(output.images)
+    rates = [len(times) / sum(times) for times in step_times if times and sum(times) > 0]
+    return RunResult(
+        stack=stack.name,
+        scenario=scenario,
+        images=images,
+        step_times_s=step_times,
+        its=statistics.median(rates) if rates else 0.0,
+        total_s=statistics.median(totals),
+        device=str(device),
+        env=env,
+    )

@@ -1,0 +1,33 @@
+"""What a run draws (Scenario) and how it is measured (Measurement): plain values, no torch."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """Model, device, prompt, seed, size, steps, guidance: everything that decides the image.
+
+    `size` and `steps` are None only until the model's defaults are filled in.
+    """
+
+    model: str
+    device: str
+    prompt: str
+    seed: int
+    size: tuple[int, int] | None
+    steps: int | None
+    guidance: float
+
+    @property
+    def size_text(self) -> str:
+        return f"{self.size[0]}x{self.size[1]}" if self.size else "default"
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """How many runs: unmeasured warm-ups first, then measured repeats."""
+
+    repeats: int
+    warmup: int

@@ -1,0 +1,68 @@
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+# pytester's in-process runs restore sys.modules afterwards, dropping what an inner session
+# imported. For torch that means importing its C extension twice (a segfault), and for the
+# lazily imported transformers/diffusers submodules new class objects that diffusers' own
+# isinstance checks no longer recognise. So the heavy libraries are imported here and kept
+# across inner sessions. (The tests that prove the plugin does not import torch run in
+# subprocesses, where none of this applies.)
+import _pytest.pytester  # noqa: E402
+import accelerate  # noqa: F401,E402
+import diffusers  # noqa: F401,E402
+import tomesd  # noqa: F401,E402
+import torch  # noqa: F401,E402
+import transformers  # noqa: F401,E402
+
+KEPT_ACROSS_INNER_SESSIONS = ("torch", "diffusers", "transformers", "accelerate", "tomesd", "tokenizers",
+                              "safetensors", "huggingface_hub", "PIL", "numpy", "scipy", "skimage", "sympy",
+                              "triton", "pytest_sdopt")
+
+
+class _KeepHeavyModules(_pytest.pytester.SysModulesSnapshot):
+    def __init__(self, preserve=None):
+        def keep(name: str) -> bool:
+            return name.split(".")[0] in KEPT_ACROSS_INNER_SESSIONS or bool(preserve and preserve(name))
+
+        super().__init__(preserve=keep)
+
+
+@pytest.fixture(autouse=True)
+def _keep_heavy_modules(monkeypatch):
+    monkeypatch.setattr(_pytest.pytester, "SysModulesSnapshot", _KeepHeavyModules)
+
+
+from pytest_sdopt.models import TINY_DIR
+
+# Small and quick: 64x64 (8x8 latents), 2 steps (3 PNDM iterations), one measured run.
+FAST = ("--sdopt-size", "64x64", "--sdopt-steps", "2", "--sdopt-repeats", "1", "--sdopt-warmup", "0")
+
+# Stacks that run on a CPU-only machine (compile too, but it is tested on its own: ~75 s).
+CPU_STACKS = ("fp32", "fp16", "bf16", "vae_tiling", "vae_slicing", "attention_slicing", "sdpa", "tome",
+              "layerwise_fp8", "channels_last", "group_offload", "fp16+vae_tiling+tome:0.3")
+
+
+@pytest.fixture
+def run_sdopt(pytester: pytest.Pytester):
+    """Run a real pytest session with the plugin on `source`, with FAST settings unless overridden."""
+
+    def run(source: str, *args: str, fast: bool = True, subprocess: bool = False) -> pytest.RunResult:
+        pytester.makepyfile(test_downstream=source)
+        # The outer session imported pytest_sdopt already, so inner ones cannot assert-rewrite it.
+        quiet = ("-W", "ignore::pytest.PytestAssertRewriteWarning")
+        argv = ("-p", "pytest_sdopt", "-rs", *quiet, *(FAST if fast else ()), *args)
+        return pytester.runpytest_subprocess(*argv) if subprocess else pytester.runpytest(*argv)
+
+    return run
+
+
+@pytest.fixture
+def tiny_copy(tmp_path: Path) -> Path:
+    """The embedded model copied to a plain folder, as a user's saved pipeline would be."""
+    folder = tmp_path / "my-model"
+    shutil.copytree(TINY_DIR, folder)
+    return folder

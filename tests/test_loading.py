@@ -1,0 +1,63 @@
+"""How the plugin is loaded: -p and autoload, never twice, and never importing torch up front."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+
+def test_importing_the_plugin_imports_neither_torch_nor_diffusers():
+    code = "import sys, pytest_sdopt, pytest_sdopt.plugin; print(sorted(m for m in ('torch', 'diffusers', " \
+           "'transformers') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+@pytest.mark.parametrize("autoload", [True, False])
+def test_dash_p_registers_the_options_once_with_or_without_autoload(pytester, monkeypatch, autoload):
+    if autoload:
+        monkeypatch.delenv("PYTEST_DISABLE_PLUGIN_AUTOLOAD", raising=False)
+    else:
+        monkeypatch.setenv("PYTEST_DISABLE_PLUGIN_AUTOLOAD", "1")
+    result = pytester.runpytest_subprocess("-p", "pytest_sdopt", "--help")
+    assert result.ret == 0
+    help_text = result.stdout.str()
+    assert help_text.count("--sdopt-model=MODEL") == 1
+    assert help_text.count("sdopt_model ") == 1  # the ini key
+
+
+def test_autoload_alone_loads_it_and_disabling_autoload_leaves_it_out(pytester, monkeypatch):
+    monkeypatch.delenv("PYTEST_DISABLE_PLUGIN_AUTOLOAD", raising=False)
+    assert "--sdopt-model" in pytester.runpytest_subprocess("--help").stdout.str()
+    monkeypatch.setenv("PYTEST_DISABLE_PLUGIN_AUTOLOAD", "1")
+    assert "--sdopt-model" not in pytester.runpytest_subprocess("--help").stdout.str()
+
+
+def test_a_session_without_sdopt_tests_never_imports_torch(pytester):
+    pytester.makeconftest("""
+        import sys
+
+        def pytest_sessionfinish(session):
+            with open("imported.txt", "w") as out:
+                out.write(" ".join(m for m in ("torch", "diffusers") if m in sys.modules))
+    """)
+    pytester.makepyfile("def test_plain():\n    assert 1 + 1 == 2\n")
+    result = pytester.runpytest_subprocess("-p", "pytest_sdopt")
+    result.assert_outcomes(passed=1)
+    assert (pytester.path / "imported.txt").read_text() == ""
+    result.stdout.fnmatch_lines(["sdopt: model=tiny device=auto"])  # the report header
+
+
+def test_the_examples_suite_runs_as_a_downstream_repo_would(pytester):
+    """examples/ is what the README's Quick start runs: it must pass on the embedded model."""
+    examples = os.path.join(os.path.dirname(os.path.dirname(__file__)), "examples")
+    pytester.syspathinsert(examples)
+    for name in os.listdir(examples):
+        if name.endswith(".py"):
+            pytester.makepyfile(**{name[:-3]: open(os.path.join(examples, name), encoding="utf-8").read()})
+    result = pytester.runpytest("-p", "pytest_sdopt", "-W", "ignore::pytest.PytestAssertRewriteWarning",
+                                "--sdopt-size", "64x64", "--sdopt-steps", "2", "--sdopt-repeats", "1",
+                                "--sdopt-warmup", "0")
+    outcomes = result.parseoutcomes()
+    assert outcomes.get("passed", 0) >= 5 and "failed" not in outcomes and "error" not in outcomes

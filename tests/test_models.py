@@ -1,0 +1,112 @@
+"""Where models come from: the embedded one, a local folder, the hub cache, sd15-random."""
+
+import hashlib
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pytest_sdopt.architectures import SD15, TINY, build_components
+from pytest_sdopt.environment import package_version
+from pytest_sdopt.errors import SdoptUsageError
+from pytest_sdopt.models import TINY_DIR, resolve_model
+
+REPO = Path(__file__).resolve().parent.parent
+DRAW = """
+def test_draw(sdopt):
+    result = sdopt.run("fp16+vae_tiling")
+    assert result.image.size == (64, 64)
+    assert result.scenario.model == {model!r}
+"""
+
+
+def test_the_embedded_model_is_small_and_a_real_diffusers_folder():
+    total = sum(f.stat().st_size for f in TINY_DIR.rglob("*") if f.is_file())
+    assert total <= 10 * 10**6
+    index = json.loads((TINY_DIR / "model_index.json").read_text())
+    assert index["unet"] == ["diffusers", "UNet2DConditionModel"] and index["tokenizer"][1] == "CLIPTokenizer"
+    assert not [f for f in TINY_DIR.rglob("*") if f.suffix in (".bin", ".ckpt", ".pt")]
+    source = resolve_model("tiny")
+    assert (source.default_size, source.default_steps) == (TINY.default_size, TINY.default_steps) == ((128, 128), 10)
+
+
+def test_a_local_folder_loads_through_from_pretrained(run_sdopt, tiny_copy):
+    result = run_sdopt(DRAW.format(model=str(tiny_copy)), "--sdopt-model", str(tiny_copy))
+    result.assert_outcomes(passed=1)
+
+
+def test_the_marker_can_name_the_model(run_sdopt, tiny_copy):
+    source = f"import pytest\n\n@pytest.mark.sdopt(model={str(tiny_copy)!r})" + DRAW.format(model=str(tiny_copy))
+    result = run_sdopt(source)
+    result.assert_outcomes(passed=1)
+
+
+@pytest.mark.parametrize("make, fragment", [
+    (lambda tmp: tmp / "nowhere", "no folder exists"),
+    (lambda tmp: tmp, "is not a diffusers pipeline: it has no model_index.json"),
+    (lambda tmp: (tmp / "model.ckpt").write_bytes(b"x") and tmp / "model.ckpt", "is a file, not a diffusers pipeline"),
+])
+def test_a_model_that_is_not_a_pipeline_gets_a_clear_error(tmp_path, make, fragment):
+    with pytest.raises(SdoptUsageError, match=fragment):
+        resolve_model(str(make(tmp_path)))
+
+
+def test_a_folder_holding_only_pickles_is_refused(run_sdopt, tiny_copy):
+    weights = tiny_copy / "unet" / "diffusion_pytorch_model.safetensors"
+    weights.rename(weights.with_suffix(".bin"))  # never loaded: refused before any unpickling
+    result = run_sdopt(DRAW.format(model=str(tiny_copy)), "--sdopt-model", str(tiny_copy))
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*has only pickle weights (.bin/.ckpt) in unet; pytest-sdopt loads safetensors only*"])
+
+
+def test_an_uncached_hub_id_names_the_fix(run_sdopt, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    result = run_sdopt(DRAW.format(model="acme/not-cached"), "--sdopt-model", "acme/not-cached", subprocess=True)
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*model 'acme/not-cached' is not in the local Hugging Face cache*never downloads*"
+                                 "hf download acme/not-cached*"])
+
+
+def test_a_cached_hub_id_loads_offline(run_sdopt, tmp_path, monkeypatch):
+    cache = tmp_path / "hub"
+    repo = cache / "models--acme--tiny-sd"
+    shutil.copytree(TINY_DIR, repo / "snapshots" / "0123abcd")
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0123abcd")
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    result = run_sdopt(DRAW.format(model="acme/tiny-sd"), "--sdopt-model", "acme/tiny-sd", subprocess=True)
+    result.assert_outcomes(passed=1)
+
+
+def test_a_name_that_is_neither_gets_the_list_of_kinds():
+    with pytest.raises(SdoptUsageError, match="neither 'tiny'.*'sd15-random'.*hub id"):
+        resolve_model("not a model")
+
+
+def test_sd15_random_has_the_published_parameter_counts():
+    parts = build_components(SD15, seed=0, device="meta", special_token_ids={"eos_token_id": 49407})
+    counts = {name: sum(p.numel() for p in parts[name].parameters()) / 1e6 for name in ("unet", "vae", "text_encoder")}
+    assert round(counts["unet"], 2) == 859.52
+    assert round(counts["vae"], 2) == 83.65
+    assert round(counts["text_encoder"], 2) == 123.06
+    assert next(parts["unet"].parameters()).device.type == "meta"
+    source = resolve_model("sd15-random")
+    assert (source.default_size, source.default_steps) == ((512, 512), 20)
+
+
+def test_the_script_regenerates_the_embedded_model_exactly(tmp_path):
+    made = json.loads((TINY_DIR / "sdopt_model.json").read_text())
+    here = {"torch": (package_version("torch") or "").split("+")[0], "diffusers": package_version("diffusers"),
+            "transformers": package_version("transformers")}
+    if here != made["made_with"]:
+        pytest.skip(f"weights are compared only under the versions that made them: {made['made_with']} (here {here})")
+    subprocess.run([sys.executable, str(REPO / "scripts" / "make_tiny_model.py"), "--out", str(tmp_path)],
+                    check=True, capture_output=True)
+    for relative, digest in made["sha256"].items():
+        assert hashlib.sha256((tmp_path / relative).read_bytes()).hexdigest() == digest, relative
+        assert hashlib.sha256((TINY_DIR / relative).read_bytes()).hexdigest() == digest, relative

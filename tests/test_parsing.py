@@ -1,0 +1,81 @@
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from pytest_sdopt.errors import SdoptUsageError
+from pytest_sdopt.parsing import parse_byte_size, parse_float, parse_image_size, parse_int
+
+
+@pytest.mark.parametrize("value, expected", [
+    ("512x512", (512, 512)), (" 768 X 512 ", (768, 512)), ((64, 128), (64, 128)), (256, (256, 256)),
+])
+def test_image_size_forms(value, expected):
+    assert parse_image_size(value) == expected
+
+
+@pytest.mark.parametrize("value, fragment", [
+    ("512", "WIDTHxHEIGHT"), ("0x512", "positive multiples of 8"), ("-8x8", "WIDTHxHEIGHT"),
+    ("100x100", "positive multiples of 8"), ("axb", "WIDTHxHEIGHT"), (True, "WIDTHxHEIGHT"), ((1.5, 2), "WIDTHxHEIGHT"),
+])
+def test_image_size_rejects_with_the_accepted_form(value, fragment):
+    with pytest.raises(SdoptUsageError, match=fragment):
+        parse_image_size(value, "--sdopt-size")
+
+
+@pytest.mark.parametrize("value, expected", [
+    ("5.1 GB", 5_100_000_000), ("5100MB", 5_100_000_000), ("4.75GiB", int(4.75 * 2**30)), (1234, 1234), ("10", 10),
+])
+def test_byte_sizes(value, expected):
+    assert parse_byte_size(value) == expected
+
+
+@pytest.mark.parametrize("value, fragment", [
+    ("five gigs", "byte count"), ("-1 GB", "byte count"), ("0", "more than zero"), ("3 parsecs", "unknown unit"),
+    (2.5, "byte count"), (False, "byte count"),
+])
+def test_byte_size_rejects(value, fragment):
+    with pytest.raises(SdoptUsageError, match=fragment):
+        parse_byte_size(value, "max_vram")
+
+
+@pytest.mark.parametrize("value", ["x", "1.5", -1, True, None])
+def test_int_rejects(value):
+    with pytest.raises(SdoptUsageError, match="whole number >= 0"):
+        parse_int(value, "--sdopt-seed", 0)
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-1", "x", None])
+def test_float_rejects(value):
+    with pytest.raises(SdoptUsageError):
+        parse_float(value, "--sdopt-guidance", 0.0)
+
+
+@given(st.text(max_size=30))
+def test_image_size_never_raises_anything_but_a_usage_error(text):
+    try:
+        width, height = parse_image_size(text)
+    except SdoptUsageError as exc:
+        assert "WIDTHxHEIGHT" in str(exc) or "multiples of 8" in str(exc)
+    else:
+        assert width > 0 and height > 0 and width % 8 == 0 and height % 8 == 0
+
+
+@given(st.integers(1, 4096), st.integers(1, 4096))
+def test_image_size_round_trips(width, height):
+    text = f"{width * 8}x{height * 8}"
+    assert parse_image_size(text) == (width * 8, height * 8)
+
+
+@given(st.text(max_size=20))
+def test_byte_size_never_raises_anything_but_a_usage_error(text):
+    try:
+        assert parse_byte_size(text) > 0
+    except SdoptUsageError:
+        pass
+
+
+@given(st.floats(0.001, 1e6), st.sampled_from(["KB", "MB", "GB", "KiB", "MiB", "GiB"]))
+def test_byte_size_units_scale(number, unit):
+    factor = {"KB": 1e3, "MB": 1e6, "GB": 1e9, "KiB": 2**10, "MiB": 2**20, "GiB": 2**30}[unit]
+    text = f"{number:.3f} {unit}"
+    assert parse_byte_size(text) == round(float(f"{number:.3f}") * factor)
