@@ -25,8 +25,26 @@ SD15_SCHEDULER: dict[str, Any] = {
 
 _SD_DOWN = ("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D")
 _SD_UP = ("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D")
-_VAE_DOWN = ("DownEncoderBlock2D",) * 4
-_VAE_UP = ("UpDecoderBlock2D",) * 4
+
+
+def _sd_unet(channels: tuple[int, ...], layers: int, cross_attention_dim: int, sample_size: int) -> dict[str, Any]:
+    """SD 1.5's UNet topology: cross-attention on the three highest-resolution levels."""
+    return {"sample_size": sample_size, "in_channels": 4, "out_channels": 4, "down_block_types": _SD_DOWN,
+            "up_block_types": _SD_UP, "block_out_channels": channels, "layers_per_block": layers,
+            "cross_attention_dim": cross_attention_dim, "attention_head_dim": 8, "norm_num_groups": 32}
+
+
+def _sd_vae(channels: tuple[int, ...], layers: int, norm_groups: int, sample_size: int) -> dict[str, Any]:
+    """SD's VAE topology: four levels, so latents are 1/8 of the image, with 4 channels."""
+    return {"in_channels": 3, "out_channels": 3, "down_block_types": ("DownEncoderBlock2D",) * 4,
+            "up_block_types": ("UpDecoderBlock2D",) * 4, "block_out_channels": channels, "layers_per_block": layers,
+            "latent_channels": 4, "norm_num_groups": norm_groups, "sample_size": sample_size}
+
+
+def _clip_text(hidden: int, intermediate: int, layers: int, heads: int) -> dict[str, Any]:
+    return {"hidden_size": hidden, "intermediate_size": intermediate, "num_hidden_layers": layers,
+            "num_attention_heads": heads, "max_position_embeddings": 77, "hidden_act": "quick_gelu",
+            "projection_dim": hidden}
 
 
 @dataclass(frozen=True)
@@ -54,38 +72,9 @@ class Architecture:
 # VAE tiling then really tiles.
 TINY = Architecture(
     name="tiny",
-    unet={
-        "sample_size": 16,
-        "in_channels": 4,
-        "out_channels": 4,
-        "down_block_types": _SD_DOWN,
-        "up_block_types": _SD_UP,
-        "block_out_channels": (32, 32, 64, 64),
-        "layers_per_block": 1,
-        "cross_attention_dim": 32,
-        "attention_head_dim": 8,
-        "norm_num_groups": 32,
-    },
-    vae={
-        "in_channels": 3,
-        "out_channels": 3,
-        "down_block_types": _VAE_DOWN,
-        "up_block_types": _VAE_UP,
-        "block_out_channels": (16, 32, 32, 32),
-        "layers_per_block": 1,
-        "latent_channels": 4,
-        "norm_num_groups": 16,
-        "sample_size": 64,
-    },
-    text_encoder={
-        "hidden_size": 32,
-        "intermediate_size": 64,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 4,
-        "max_position_embeddings": 77,
-        "hidden_act": "quick_gelu",
-        "projection_dim": 32,
-    },
+    unet=_sd_unet((32, 32, 64, 64), layers=1, cross_attention_dim=32, sample_size=16),
+    vae=_sd_vae((16, 32, 32, 32), layers=1, norm_groups=16, sample_size=64),
+    text_encoder=_clip_text(hidden=32, intermediate=64, layers=2, heads=4),
     default_steps=10,
 )
 
@@ -93,39 +82,9 @@ TINY = Architecture(
 # the SD VAE, CLIP ViT-L/14's text tower. 859.52 M + 83.65 M + 123.06 M parameters.
 SD15 = Architecture(
     name="sd15-random",
-    unet={
-        "sample_size": 64,
-        "in_channels": 4,
-        "out_channels": 4,
-        "down_block_types": _SD_DOWN,
-        "up_block_types": _SD_UP,
-        "block_out_channels": (320, 640, 1280, 1280),
-        "layers_per_block": 2,
-        "cross_attention_dim": 768,
-        "attention_head_dim": 8,
-        "norm_num_groups": 32,
-    },
-    vae={
-        "in_channels": 3,
-        "out_channels": 3,
-        "down_block_types": _VAE_DOWN,
-        "up_block_types": _VAE_UP,
-        "block_out_channels": (128, 256, 512, 512),
-        "layers_per_block": 2,
-        "latent_channels": 4,
-        "norm_num_groups": 32,
-        "sample_size": 512,
-    },
-    text_encoder={
-        "vocab_size": 49408,
-        "hidden_size": 768,
-        "intermediate_size": 3072,
-        "num_hidden_layers": 12,
-        "num_attention_heads": 12,
-        "max_position_embeddings": 77,
-        "hidden_act": "quick_gelu",
-        "projection_dim": 768,
-    },
+    unet=_sd_unet((320, 640, 1280, 1280), layers=2, cross_attention_dim=768, sample_size=64),
+    vae=_sd_vae((128, 256, 512, 512), layers=2, norm_groups=32, sample_size=512),
+    text_encoder={"vocab_size": 49408, **_clip_text(hidden=768, intermediate=3072, layers=12, heads=12)},
     default_steps=20,
 )
 
