@@ -17,6 +17,7 @@ import pytest
 
 from pytest_sdopt.devices import resolve_device
 from pytest_sdopt.errors import SdoptUsageError, StackUnsupported
+from pytest_sdopt.memory import return_freed_memory_to_the_os
 from pytest_sdopt.models import ModelSource
 from pytest_sdopt.optimizations import Stack, StackApplyError, parse_stack
 from pytest_sdopt.scenario import Measurement, Scenario
@@ -57,6 +58,7 @@ class Sdopt:
 
         with self._outcomes(stack):
             plan = self.plan(stack, overrides, "sdopt.run")
+            release_memory()  # what an earlier run left must not count in this one's peaks
             pipe = self._build(plan)
             try:
                 result = run_pipeline(pipe, plan.stack, plan.scenario, plan.measurement, plan.device,
@@ -126,3 +128,4 @@ def release_memory() -> None:
     torch = sys.modules.get("torch")  # never import torch just to clean up
     if torch is not None and torch.cuda.is_available():
         torch.cuda.empty_cache()
+    return_freed_memory_to_the_os()

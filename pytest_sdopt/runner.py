@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 from pytest_sdopt.devices import synchronize
+from pytest_sdopt.memory import trackers_for
 from pytest_sdopt.optimizations import Stack
 from pytest_sdopt.scenario import Measurement, Scenario
 
@@ -23,7 +24,8 @@ TEXT_ENCODERS = ("text_encoder", "text_encoder_2", "text_encoder_3")
 
 @dataclass
 class RunResult:
-    """What one run of a stack measured. Memory fields stay None where they cannot be measured."""
+    """What one run of a stack measured. Memory fields stay None where they cannot be measured
+    (VRAM on a CPU run): a gate then reports "not applicable", never a silent pass."""
 
     stack: str
     scenario: Scenario
@@ -33,10 +35,10 @@ class RunResult:
     total_s: float  # median seconds of one whole pipeline call (encode, denoise, decode)
     device: str
     env: dict[str, Any] = field(default_factory=dict)
-    peak_vram_bytes: int | None = None
-    peak_vram_reserved_bytes: int | None = None
-    peak_device_bytes: int | None = None
-    peak_host_bytes: int | None = None
+    peak_vram_bytes: int | None = None  # CUDA allocator peak, max over measured runs
+    peak_vram_reserved_bytes: int | None = None  # CUDA allocator reserved peak
+    peak_device_bytes: int | None = None  # the process's device memory through NVML
+    peak_host_bytes: int | None = None  # the process's peak RSS during a measured run
 
     @property
     def image(self) -> Any:
@@ -103,17 +105,27 @@ def run_pipeline(pipe: Any, stack: Stack, scenario: Scenario, measurement: Measu
     step_times: list[list[float]] = []
     totals: list[float] = []
     images: list[Any] = []
+    peaks: dict[str, int | None] = {}
+    trackers = trackers_for(device)
     for index in range(measurement.warmup + measurement.repeats):
+        measured = index >= measurement.warmup
         # The global RNG too: optimizations that draw their own randomness (tomesd) fork it.
         torch.manual_seed(scenario.seed)
         stack.before_each_call(pipe)
         # A CPU generator draws the same initial latents on every device.
         generator = torch.Generator("cpu").manual_seed(scenario.seed)
         clock = StepClock(device)
+        if measured:
+            for tracker in trackers:
+                tracker.start()
         with clock.watching(pipe):
             output = pipe(**kwargs, generator=generator, callback_on_step_end=clock.on_step_end)
             end = clock.now()
-        if index >= measurement.warmup:
+        if measured:
+            for tracker in trackers:
+                tracker.stop()
+                for name, value in tracker.peaks().items():
+                    peaks[name] = _max(peaks.get(name), value)
             step_times.append(clock.step_times())
             totals.append(end - clock.call_start)
             images = list(output.images)
@@ -127,4 +139,9 @@ def run_pipeline(pipe: Any, stack: Stack, scenario: Scenario, measurement: Measu
         total_s=statistics.median(totals),
         device=str(device),
         env=env,
+        **peaks,
     )
+
+
+def _max(a: int | None, b: int | None) -> int | None:
+    return b if a is None else a if b is None else max(a, b)

@@ -87,6 +87,8 @@ def test_run_result_holds_timings_and_environment(run_sdopt):
             for package in ("python", "torch", "diffusers", "transformers", "accelerate", "tomesd"):
                 assert result.env[package], package
             assert result.env["xformers"] is None and result.env["device_name"]
+            assert result.peak_host_bytes > 50 * 2**20  # at least torch itself is resident
+            assert result.peak_vram_bytes is None and result.peak_device_bytes is None  # CPU: not measured
             assert sdopt.results == [result]
     """)
     result.assert_outcomes(passed=1)

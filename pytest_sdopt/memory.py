@@ -1,0 +1,202 @@
+"""Peak memory of one pipeline call, behind one small interface: start(), stop(), peaks().
+
+- `HostMemoryTracker`: the process's peak RSS during the run. On Linux, writing "5" to
+  /proc/self/clear_refs resets the kernel's high-water mark (VmHWM) to the current RSS, so
+  the peak read at stop is this run's, not the session's. Elsewhere (or where that write is
+  refused) a thread samples RSS with psutil.
+- `CudaMemoryTracker`: the caching allocator's peak allocated and peak reserved bytes, after
+  emptying the cache and resetting the peak counters.
+- `NvmlProcessTracker`: the whole process's device memory as the driver sees it (CUDA
+  context and non-PyTorch allocations included), sampled through NVML.
+
+The device trackers take the `torch.cuda` / `pynvml` module as an argument: tests pass fakes
+of exactly that boundary, so these paths are tested without a GPU.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+from typing import Any, Protocol
+
+SAMPLE_INTERVAL_S = 0.005
+
+
+class MemoryTracker(Protocol):
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+    def peaks(self) -> dict[str, int | None]: ...
+
+
+class _Sampler:
+    """Calls `read()` every few milliseconds on a thread and keeps the maximum."""
+
+    def __init__(self, read: Any):
+        self._read = read
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.peak = 0
+
+    def start(self) -> None:
+        self.peak = self._read() or 0
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._loop, name="sdopt-memory-sampler", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(SAMPLE_INTERVAL_S):
+            self.peak = max(self.peak, self._read() or 0)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        self.peak = max(self.peak, self._read() or 0)
+
+
+def _read_status_kib(field: str, status_path: str = "/proc/self/status") -> int | None:
+    try:
+        with open(status_path, encoding="ascii") as status:
+            for line in status:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+class HostMemoryTracker:
+    """Peak RSS of this process between start() and stop()."""
+
+    def __init__(self, clear_refs_path: str = "/proc/self/clear_refs", status_path: str = "/proc/self/status"):
+        self._clear_refs = clear_refs_path
+        self._status = status_path
+        self._sampler: _Sampler | None = None
+        self._peak: int | None = None
+        self.method = ""
+
+    def _reset_high_water_mark(self) -> bool:
+        if not sys.platform.startswith("linux"):
+            return False
+        try:
+            with open(self._clear_refs, "w", encoding="ascii") as clear_refs:
+                clear_refs.write("5")
+        except OSError:
+            return False
+        return _read_status_kib("VmHWM", self._status) is not None
+
+    def start(self) -> None:
+        self._peak = None
+        if self._reset_high_water_mark():
+            self.method = "VmHWM"
+            return
+        import psutil
+
+        process = psutil.Process(os.getpid())
+        self.method = "psutil sampling"
+        self._sampler = _Sampler(lambda: process.memory_info().rss)
+        self._sampler.start()
+
+    def stop(self) -> None:
+        if self._sampler is not None:
+            self._sampler.stop()
+            self._peak = self._sampler.peak
+            self._sampler = None
+        else:
+            self._peak = _read_status_kib("VmHWM", self._status)
+
+    def peaks(self) -> dict[str, int | None]:
+        return {"peak_host_bytes": self._peak}
+
+
+class CudaMemoryTracker:
+    """The PyTorch CUDA allocator's peaks for one device."""
+
+    def __init__(self, device: Any, cuda: Any = None):
+        if cuda is None:
+            import torch
+
+            cuda = torch.cuda
+        self._cuda = cuda
+        self._device = device
+        self._allocated: int | None = None
+        self._reserved: int | None = None
+
+    def start(self) -> None:
+        self._cuda.synchronize(self._device)
+        self._cuda.empty_cache()  # what an earlier run cached must not count as this one's reserve
+        self._cuda.reset_peak_memory_stats(self._device)
+
+    def stop(self) -> None:
+        self._cuda.synchronize(self._device)
+        self._allocated = int(self._cuda.max_memory_allocated(self._device))
+        self._reserved = int(self._cuda.max_memory_reserved(self._device))
+
+    def peaks(self) -> dict[str, int | None]:
+        return {"peak_vram_bytes": self._allocated, "peak_vram_reserved_bytes": self._reserved}
+
+
+class NvmlProcessTracker:
+    """Peak device memory of this process as NVML reports it (sampled: NVML has no peak counter)."""
+
+    def __init__(self, nvml: Any, device_index: int, pid: int | None = None):
+        self._nvml = nvml
+        self._pid = os.getpid() if pid is None else pid
+        self._handle = nvml.nvmlDeviceGetHandleByIndex(device_index)
+        self._sampler = _Sampler(self._used)
+        self._peak: int | None = None
+
+    def _used(self) -> int:
+        try:
+            processes = self._nvml.nvmlDeviceGetComputeRunningProcesses(self._handle)
+        except Exception:  # a transient NVML error must not end the run
+            return 0
+        return sum(int(p.usedGpuMemory or 0) for p in processes if p.pid == self._pid)
+
+    def start(self) -> None:
+        self._sampler.start()
+
+    def stop(self) -> None:
+        self._sampler.stop()
+        self._peak = self._sampler.peak or None
+
+    def peaks(self) -> dict[str, int | None]:
+        return {"peak_device_bytes": self._peak}
+
+
+def open_nvml() -> Any | None:
+    """pynvml, initialised, or None where nvidia-ml-py or a driver is missing."""
+    try:
+        import pynvml
+    except ImportError:
+        return None
+    try:
+        pynvml.nvmlInit()
+    except Exception:  # NVMLError_LibraryNotFound / DriverNotLoaded: no NVIDIA driver here
+        return None
+    return pynvml
+
+
+def trackers_for(device: Any) -> list[MemoryTracker]:
+    """Host memory always; on CUDA also the allocator and, where NVML works, the process's device memory."""
+    trackers: list[MemoryTracker] = [HostMemoryTracker()]
+    if device.type == "cuda":
+        trackers.append(CudaMemoryTracker(device))
+        nvml = open_nvml()
+        if nvml is not None:
+            trackers.append(NvmlProcessTracker(nvml, device.index or 0))
+    return trackers
+
+
+def return_freed_memory_to_the_os() -> None:
+    """glibc keeps freed heap for reuse; trim it so the next run's RSS starts from what is really live."""
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        except (OSError, AttributeError):
+            pass
