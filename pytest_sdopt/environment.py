@@ -30,17 +30,14 @@ def cpu_model() -> str:
 
 def gpu_driver_version() -> str | None:
     """The NVIDIA driver version through NVML, when nvidia-ml-py and a driver are present."""
-    try:
-        import pynvml
-    except ImportError:
+    from pytest_sdopt.memory import open_nvml
+
+    nvml = open_nvml()
+    if nvml is None:
         return None
     try:
-        pynvml.nvmlInit()
-        try:
-            version = pynvml.nvmlSystemGetDriverVersion()
-        finally:
-            pynvml.nvmlShutdown()
-    except Exception:  # no driver / no GPU: NVML raises its own error types
+        version = nvml.nvmlSystemGetDriverVersion()
+    except Exception:  # NVML raises its own error types
         return None
     return version.decode() if isinstance(version, bytes) else str(version)
 
