@@ -142,10 +142,10 @@ class CudaMemoryTracker:
 class NvmlProcessTracker:
     """Peak device memory of this process as NVML reports it (sampled: NVML has no peak counter)."""
 
-    def __init__(self, nvml: Any, device_index: int, pid: int | None = None):
+    def __init__(self, nvml: Any, handle: Any, pid: int | None = None):
         self._nvml = nvml
         self._pid = os.getpid() if pid is None else pid
-        self._handle = nvml.nvmlDeviceGetHandleByIndex(device_index)
+        self._handle = handle
         self._sampler = _Sampler(self._used)
         self._peak: int | None = None
 
@@ -180,6 +180,22 @@ def open_nvml() -> Any | None:
     return pynvml
 
 
+def nvml_handle(nvml: Any, device_index: int, properties: Any) -> Any:
+    """The NVML handle of the CUDA device `device_index`, matched by PCI bus id.
+
+    CUDA's index is not NVML's under CUDA_VISIBLE_DEVICES (how xdist workers get pinned to
+    one GPU each), so the index is only the fallback where torch exposes no PCI location.
+    """
+    bus = getattr(properties, "pci_bus_id", None)
+    if bus is not None:
+        location = f"{getattr(properties, 'pci_domain_id', 0):08X}:{bus:02X}:{properties.pci_device_id:02X}.0"
+        try:
+            return nvml.nvmlDeviceGetHandleByPciBusId(location)
+        except Exception:  # an NVML that cannot resolve it: fall back to the index
+            pass
+    return nvml.nvmlDeviceGetHandleByIndex(device_index)
+
+
 def trackers_for(device: Any) -> list[MemoryTracker]:
     """Host memory always; on CUDA also the allocator and, where NVML works, the process's device memory."""
     trackers: list[MemoryTracker] = [HostMemoryTracker()]
@@ -187,7 +203,11 @@ def trackers_for(device: Any) -> list[MemoryTracker]:
         trackers.append(CudaMemoryTracker(device))
         nvml = open_nvml()
         if nvml is not None:
-            trackers.append(NvmlProcessTracker(nvml, device.index or 0))
+            import torch
+
+            index = device.index or 0
+            handle = nvml_handle(nvml, index, torch.cuda.get_device_properties(index))
+            trackers.append(NvmlProcessTracker(nvml, handle))
     return trackers
 
 

@@ -9,7 +9,7 @@ import psutil
 import pytest
 import torch
 
-from pytest_sdopt.memory import CudaMemoryTracker, HostMemoryTracker, NvmlProcessTracker
+from pytest_sdopt.memory import CudaMemoryTracker, HostMemoryTracker, NvmlProcessTracker, nvml_handle
 from pytest_sdopt.models import resolve_model
 from pytest_sdopt.optimizations import parse_stack
 from pytest_sdopt.runner import run_pipeline
@@ -88,13 +88,12 @@ def test_cuda_tracker_empties_the_cache_and_resets_peaks_before_the_run():
 def test_nvml_tracker_keeps_the_peak_of_this_process_only():
     usage = {"mine": 1_000, "other": 9_999_999}
     nvml = SimpleNamespace(
-        nvmlDeviceGetHandleByIndex=lambda index: f"gpu{index}",
         nvmlDeviceGetComputeRunningProcesses=lambda handle: [
             SimpleNamespace(pid=4242, usedGpuMemory=usage["mine"]),
             SimpleNamespace(pid=7, usedGpuMemory=usage["other"]),
         ],
     )
-    tracker = NvmlProcessTracker(nvml, device_index=0, pid=4242)
+    tracker = NvmlProcessTracker(nvml, handle="gpu0", pid=4242)
     tracker.start()
     usage["mine"] = 3_200_000_000
     time.sleep(0.05)
@@ -129,3 +128,14 @@ def test_a_run_reports_host_peaks_that_see_what_the_call_allocated():
     assert plain.peak_host_bytes and hungry.peak_host_bytes
     assert hungry.peak_host_bytes - plain.peak_host_bytes >= 0.9 * BALLAST
     assert plain.peak_vram_bytes is None and plain.peak_device_bytes is None  # nothing to measure on CPU
+
+
+def test_nvml_finds_the_cuda_device_by_pci_bus_id_not_by_index():
+    # Under CUDA_VISIBLE_DEVICES=3, CUDA's device 0 is NVML's device 3.
+    nvml = SimpleNamespace(
+        nvmlDeviceGetHandleByPciBusId=lambda location: f"nvml:{location}",
+        nvmlDeviceGetHandleByIndex=lambda index: f"nvml#{index}",
+    )
+    pinned = SimpleNamespace(pci_domain_id=0, pci_bus_id=0x3B, pci_device_id=0)
+    assert nvml_handle(nvml, 0, pinned) == "nvml:00000000:3B:00.0"
+    assert nvml_handle(nvml, 0, SimpleNamespace()) == "nvml#0"  # a torch without PCI fields: the index
