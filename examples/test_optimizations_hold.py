@@ -1,23 +1,26 @@
-"""A downstream repo's test file, as DESIGN §1 writes it (the gates arrive with sdopt.check).
+"""A downstream repo's test file, as DESIGN §1 writes it, on the embedded model.
 
-Run: pytest -p pytest_sdopt examples/   (the embedded model, on CPU, offline)
+    pytest -p pytest_sdopt examples/                              # checks against baselines/
+    pytest -p pytest_sdopt examples/ --sdopt-update-baselines     # records them (the only way they change)
+
+DESIGN §1 also sets min_its=19.0: that is SD 1.5 in fp16 on an RTX 3090. A speed floor belongs
+to the hardware it was measured on, so here it comes from the command line or ini
+(`--sdopt-min-its 19`) rather than from the file. max_vram is kept: on a CPU run it shows as
+not applicable, never as a silent pass.
 """
 
-import numpy as np
 import pytest
 
-STACKS = ["fp16", "fp16+vae_tiling", "fp16+tome", "bf16+sdpa", "attention_slicing"]
 
-
-@pytest.mark.parametrize("stack", STACKS)
+@pytest.mark.sdopt(max_vram="5.1 GB")
+@pytest.mark.parametrize("stack", ["fp16", "fp16+vae_tiling", "fp16+tome"])
 def test_optimizations_hold(sdopt, stack):
     result = sdopt.run(stack)  # seeded, warm-up then measured runs
-    assert result.image.size == result.scenario.size
-    assert result.its > 0
-    pixels = np.asarray(result.image)
-    assert pixels.std() > 0, f"{stack} drew a flat image"
+    sdopt.check(result, min_ssim=0.95)  # all gates at once, one clear message
 
 
-def test_reference_is_deterministic(sdopt):
-    first, second = sdopt.run("fp32"), sdopt.run("fp32")
-    assert np.array_equal(np.asarray(first.image), np.asarray(second.image))
+def test_reference_matches_its_baseline(sdopt):
+    """fp32 against its own stored image: catches a diffusers or torch upgrade that changes the reference."""
+    result = sdopt.run("fp32")
+    checked = sdopt.check(result)
+    assert checked.ssim is not None

@@ -5,7 +5,16 @@ This package is the pytest plugin (`pytest -p pytest_sdopt`): the hooks live in
 plugin. Importing it does not import torch or diffusers.
 """
 
-from pytest_sdopt.plugin import pytest_addoption, pytest_configure, pytest_report_header, sdopt
+from pytest_sdopt.plugin import (
+    pytest_addoption,
+    pytest_collection_modifyitems,
+    pytest_configure,
+    pytest_ignore_collect,
+    pytest_report_header,
+    pytest_terminal_summary,
+    sdopt,
+)
 
 __version__ = "0.1.0"
-__all__ = ["pytest_addoption", "pytest_configure", "pytest_report_header", "sdopt", "__version__"]
+__all__ = ["pytest_addoption", "pytest_collection_modifyitems", "pytest_configure", "pytest_ignore_collect",
+           "pytest_report_header", "pytest_terminal_summary", "sdopt", "__version__"]

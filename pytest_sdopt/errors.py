@@ -1,4 +1,4 @@
-"""The two ways sdopt input can be wrong, kept apart from torch so the plugin can raise them early."""
+"""The ways sdopt input can be wrong or incomplete, kept apart from torch so the plugin can raise them early."""
 
 
 class SdoptUsageError(ValueError):
@@ -20,3 +20,7 @@ class StackUnsupported(Exception):
         super().__init__(f"{optimization} {reason}")
         self.optimization = optimization
         self.reason = reason
+
+
+class SdoptWarning(UserWarning):
+    """Something a test asked for did not happen (gates set on a marker that no check applied)."""

@@ -1,28 +1,35 @@
-"""The `sdopt` fixture's object: seeded pipelines and runs with any optimization stack.
+"""The `sdopt` fixture's object: seeded pipelines, runs, checks and baselines for any stack.
 
 Every public method turns sdopt's own errors into test outcomes a user can act on: bad input
 fails the test with one paragraph and no traceback; a stack this machine cannot run skips
-with the precise reason (or fails under --sdopt-strict).
+with the precise reason (or fails under --sdopt-strict); a check fails once, listing every
+gate.
 """
 
 from __future__ import annotations
 
 import gc
 import sys
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import Any, Iterator
 
 import pytest
 
+from pytest_sdopt.baselines import Baseline
+from pytest_sdopt.checking import CheckContext, CheckedRun, check_run, update_command
 from pytest_sdopt.devices import resolve_device
-from pytest_sdopt.errors import SdoptUsageError, StackUnsupported
+from pytest_sdopt.errors import SdoptUsageError, SdoptWarning, StackUnsupported
 from pytest_sdopt.memory import return_freed_memory_to_the_os
 from pytest_sdopt.models import ModelSource
 from pytest_sdopt.optimizations import Stack, StackApplyError, parse_stack
 from pytest_sdopt.scenario import Measurement, Scenario
 from pytest_sdopt.session import SdoptSession
-from pytest_sdopt.settings import keyword_overrides, marker_overrides, resolve_run
+from pytest_sdopt.settings import (GATE_KEYWORDS, SCENARIO_KEYS, keyword_overrides, marker_overrides, resolve_gates,
+                                   resolve_run)
+from pytest_sdopt.similarity import artifact_folder
+from pytest_sdopt.summary import RunRecord
 
 
 @dataclass(frozen=True)
@@ -39,10 +46,12 @@ class PlannedRun:
 class Sdopt:
     """What a test gets as `sdopt`. See the README's fixture reference."""
 
-    def __init__(self, session: SdoptSession, node: pytest.Item):
+    def __init__(self, session: SdoptSession, node: pytest.Item, in_matrix: bool = False):
         self._session = session
         self._node = node
+        self._in_matrix = in_matrix
         self.results: list[Any] = []  # RunResults of this test, in order
+        self._checked: list[Any] = []  # the RunResults sdopt.check() has seen
 
     # -- public API ---------------------------------------------------------------------
 
@@ -54,25 +63,46 @@ class Sdopt:
 
     def run(self, stack: str = "fp32", **overrides: Any) -> Any:
         """Warm-up then measured runs of `stack` on a fresh pipeline; returns a RunResult."""
-        from pytest_sdopt.runner import run_pipeline
-
         with self._outcomes(stack):
-            plan = self.plan(stack, overrides, "sdopt.run")
-            release_memory()  # what an earlier run left must not count in this one's peaks
-            pipe = self._build(plan)
-            try:
-                result = run_pipeline(pipe, plan.stack, plan.scenario, plan.measurement, plan.device,
-                                      self._session.environment(plan.device))
-            finally:
-                del pipe
-                release_memory()
+            result = self._run(self.plan(stack, overrides, "sdopt.run"))
         self.results.append(result)
         return result
 
-    def plan(self, stack: str | Stack, overrides: dict[str, Any], where: str = "sdopt.run") -> PlannedRun:
+    def check(self, result: Any, **gates: Any) -> CheckedRun:
+        """Apply every gate that is set (keyword > marker > command line > ini > default) to `result`.
+
+        Fails the test once, listing each gate with its measured value, its limit and the images
+        a failed comparison left behind. Returns the CheckedRun when every gate held.
+        """
+        from pytest_sdopt.runner import RunResult
+
+        with self._outcomes(getattr(result, "stack", "?")):
+            if not isinstance(result, RunResult):
+                raise SdoptUsageError(f"sdopt.check() takes the RunResult that sdopt.run() returned, not "
+                                      f"{type(result).__name__}.")
+            keywords = keyword_overrides(gates, "sdopt.check", GATE_KEYWORDS)
+            marker = marker_overrides(self._node.iter_markers("sdopt"))
+            limits = resolve_gates(self._session.settings, marker, keywords, parse_stack(result.stack).default_min_ssim,
+                                   result.device.split(":")[0])
+            checked = check_run(result, limits, self._check_context(result))
+        self._checked.append(result)
+        self._session.record_check(checked)
+        if checked.failed:
+            pytest.fail(checked.failure_message(), pytrace=False)
+        return checked
+
+    def baseline(self, stack: str = "fp32", **overrides: Any) -> Baseline:
+        """The stored image and metrics of `stack` in this test's scenario (None where nothing is stored)."""
+        with self._outcomes(stack):
+            plan = self.plan(stack, overrides, "sdopt.baseline", runnable_here=False)
+            return self._session.store.baseline(plan.scenario, plan.stack.name, self._session.environment(plan.device))
+
+    def plan(self, stack: str | Stack, overrides: dict[str, Any], where: str = "sdopt.run",
+             runnable_here: bool = True) -> PlannedRun:
         """Parse and layer the settings (keyword > marker > command line > ini > default).
 
-        Raises SdoptUsageError for bad input and StackUnsupported when the stack cannot run here.
+        Raises SdoptUsageError for bad input and StackUnsupported when the stack cannot run here
+        (unless `runnable_here` is False: reading a baseline needs no GPU).
         """
         parsed = parse_stack(stack)
         marker = marker_overrides(self._node.iter_markers("sdopt"))
@@ -82,14 +112,72 @@ class Sdopt:
         scenario = replace(scenario, device=str(device), size=scenario.size or source.default_size,
                            steps=scenario.steps or source.default_steps)
         unmet = parsed.unmet_requirement(device.type)
-        if unmet is not None:
+        if unmet is not None and runnable_here:
             raise unmet
         return PlannedRun(parsed, scenario, measurement, source, device)
 
     def close(self) -> None:
         release_memory()
+        self._warn_of_unapplied_gates()
+
+    def _warn_of_unapplied_gates(self) -> None:
+        """Gates on a marker only act through sdopt.check(): a test that never calls it must hear so."""
+        unchecked = [result.stack for result in self.results if all(result is not c for c in self._checked)]
+        if not unchecked:
+            return
+        try:
+            marker = marker_overrides(self._node.iter_markers("sdopt"))
+        except SdoptUsageError:
+            return  # already reported by the run itself
+        gates = [name for name in GATE_KEYWORDS if name in marker]
+        if gates:
+            warnings.warn(SdoptWarning(
+                f"@pytest.mark.sdopt sets {', '.join(gates)}, but the run(s) of {', '.join(unchecked)} were never "
+                f"checked: call sdopt.check(result) to apply the gates."), stacklevel=2)
 
     # -- internals ----------------------------------------------------------------------
+
+    def _run(self, plan: PlannedRun) -> Any:
+        from pytest_sdopt.runner import run_pipeline
+
+        release_memory()  # what an earlier run left must not count in this one's peaks
+        pipe = self._build(plan)
+        try:
+            result = run_pipeline(pipe, plan.stack, plan.scenario, plan.measurement, plan.device,
+                                  self._session.environment(plan.device))
+        finally:
+            del pipe
+            release_memory()
+        self._session.record(RunRecord(self._node.nodeid, self._node.name, result.stack,
+                                       reference=self._session.settings["reference"], result=result,
+                                       in_matrix=self._in_matrix))
+        return result
+
+    def _check_context(self, result: Any) -> CheckContext:
+        config = self._node.config
+        select = None if self._in_matrix else self._node.nodeid  # a matrix test has no selectable path
+        return CheckContext(
+            store=self._session.store,
+            update=self._session.settings["update-baselines"],
+            artifact_folder=artifact_folder(self._session.results_dir, self._node.nodeid, result.stack),
+            update_command=update_command(config.invocation_params.args, config.args, select),
+            record=self._record,
+            record_reference=lambda reference: self._record_reference(reference, result.scenario),
+        )
+
+    def _record_reference(self, reference: str, scenario: Scenario) -> None:
+        """Under --sdopt-update-baselines: run the reference stack on the same scenario and record it,
+        once per session, so a test of fp16 alone still leaves the baseline it is compared with."""
+        if (reference, scenario) in self._session.references_recorded:
+            return
+        same_scenario = {name: getattr(scenario, name) for name in SCENARIO_KEYS}
+        result = self._run(self.plan(reference, same_scenario, "the reference run"))
+        self._session.records[-1].note = "recorded as the reference's baseline"
+        self._record(result)
+
+    def _record(self, result: Any) -> None:
+        self._session.store.record(result)
+        self._session.references_recorded.add((result.stack, result.scenario))
 
     def _build(self, plan: PlannedRun) -> Any:
         import torch
@@ -111,6 +199,8 @@ class Sdopt:
             message = f"sdopt: stack {str(stack)!r} cannot run here: {exc}"
             if self._session.settings["strict"]:
                 pytest.fail(f"{message} (--sdopt-strict makes this a failure)", pytrace=False)
+            self._session.record(RunRecord(self._node.nodeid, self._node.name, str(stack), skipped=str(exc),
+                                           in_matrix=self._in_matrix))
             skip_at_test(message)
 
 

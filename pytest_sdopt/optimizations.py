@@ -222,8 +222,10 @@ class OptimizationSpec:
     before_each_call: Callable[[Any], None] | None = None  # reset per-call state (seeding)
 
 
+# fp32's own limit is below 1.0: the same seeded image redrawn on another CPU or GPU differs
+# in the last bit of a few pixels, and the reference must survive that, not a real change.
 _SPECS = (
-    OptimizationSpec("fp32", Phase.PRECISION, "float32 weights (the reference)", 1.0,
+    OptimizationSpec("fp32", Phase.PRECISION, "float32 weights (the reference)", 0.99,
                      _set_dtype("float32"), exclusive_group="precision"),
     OptimizationSpec("fp16", Phase.PRECISION, "float16 weights", 0.95,
                      _set_dtype("float16"), exclusive_group="precision"),

@@ -96,3 +96,40 @@ def parse_byte_size(value: object, what: str = "size") -> int:
     if size <= 0:
         raise SdoptUsageError(f"{what} must be more than zero bytes, not {value!r}.")
     return size
+
+
+def parse_fraction(value: object, what: str) -> float:
+    """`"10%"`, `"10 %"` or `0.1` -> 0.1: a relative tolerance, between 0 and 1 (0% and 100%)."""
+    forms = 'a percentage such as "10%" or a fraction such as 0.1'
+    if isinstance(value, bool):
+        raise SdoptUsageError(f"{what} must be {forms}, not {value!r}.")
+    if isinstance(value, (int, float)):
+        fraction = float(value)
+    elif isinstance(value, str):
+        text = value.strip()
+        percent = text.endswith("%")
+        try:
+            fraction = float(text[:-1] if percent else text) / (100 if percent else 1)
+        except ValueError:
+            raise SdoptUsageError(f"{what} must be {forms}, not {value!r}.") from None
+    else:
+        raise SdoptUsageError(f"{what} must be {forms}, not {value!r}.")
+    if not math.isfinite(fraction) or not 0 <= fraction <= 1:
+        raise SdoptUsageError(f"{what} must lie between 0% and 100% (0 and 1), not {value!r}.")
+    return fraction
+
+
+def parse_ssim(value: object, what: str) -> float:
+    """An SSIM limit: a number between 0 and 1 (1 means identical images)."""
+    limit = parse_float(value, what)
+    if not 0 <= limit <= 1:
+        raise SdoptUsageError(f"{what} must be an SSIM between 0 and 1 (1: identical images), not {value!r}.")
+    return limit
+
+
+def format_bytes(size: int) -> str:
+    """Bytes in the decimal units users write gates in: 5100000000 -> "5.10 GB"."""
+    for unit, scale in (("GB", 10**9), ("MB", 10**6), ("kB", 10**3)):
+        if abs(size) >= scale:
+            return f"{size / scale:.2f} {unit}"
+    return f"{size} B"

@@ -6,6 +6,7 @@ Loaded by `pytest -p pytest_sdopt` or the pytest11 entry point (both under the n
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Iterator
 
 import pytest
@@ -13,6 +14,7 @@ import pytest
 from pytest_sdopt.errors import SdoptUsageError
 from pytest_sdopt.session import SdoptSession
 from pytest_sdopt.settings import MARKER_KEYWORDS, SessionSettings, add_options
+from pytest_sdopt.summary import environment_line, render_table
 
 SESSION_KEY = pytest.StashKey[SdoptSession]()
 
@@ -38,12 +40,52 @@ def pytest_report_header(config: pytest.Config) -> str | None:
     if session is None:
         return None
     values = session.settings
-    return f"sdopt: model={values['model']} device={values['device']}"
+    header = f"sdopt: model={values['model']} device={values['device']} baselines={_shown(config, session.store.root)}"
+    return header + (" (updating)" if values["update-baselines"] else "")
+
+
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    """`--sdopt-matrix` with no paths given runs the matrix alone, not the repo's whole test suite."""
+    session = config.stash.get(SESSION_KEY, None)
+    if session is not None and session.settings["matrix"] and config.args_source != pytest.Config.ArgsSource.ARGS:
+        return True
+    return None
+
+
+@pytest.hookimpl(tryfirst=True)  # before -k / -m deselection, which then applies to the matrix too
+def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
+    sdopt_session = config.stash.get(SESSION_KEY, None)
+    if sdopt_session is not None and sdopt_session.settings["matrix"]:
+        from pytest_sdopt.matrix import matrix_items
+
+        items.extend(matrix_items(session, sdopt_session))
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:
+    session = config.stash.get(SESSION_KEY, None)
+    if session is None or not session.records:
+        return
+    terminalreporter.write_sep("=", "sdopt")
+    environment = environment_line(session.records)
+    if environment:
+        terminalreporter.write_line(environment)
+    for line in render_table(session.records):
+        terminalreporter.write_line(line)
+    if any(outcome.artifacts for record in session.records if record.checked is not None
+           for outcome in record.checked.failed):
+        terminalreporter.write_line(f"images of failed comparisons: {_shown(config, session.results_dir)}")
+
+
+def _shown(config: pytest.Config, path: Path) -> str:
+    from pytest_sdopt.checking import shown
+
+    return shown(path, config.invocation_params.dir) + "/"
 
 
 @pytest.fixture
 def sdopt(request: pytest.FixtureRequest) -> Iterator["Sdopt"]:  # noqa: F821
-    """Seeded Stable Diffusion pipelines with any optimization stack: sdopt.pipeline(stack), sdopt.run(stack)."""
+    """Seeded Stable Diffusion pipelines with any optimization stack: sdopt.pipeline(stack), sdopt.run(stack),
+    sdopt.check(result, **gates), sdopt.baseline(stack)."""
     from pytest_sdopt.fixture import Sdopt
 
     fixture = Sdopt(request.config.stash[SESSION_KEY], request.node)

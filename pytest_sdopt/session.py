@@ -1,13 +1,17 @@
-"""State shared by every sdopt test of a pytest session: settings, resolved models, environments."""
+"""State shared by every sdopt test of a pytest session: settings, resolved models, environments,
+the baseline store, and the record of every run for the end-of-session table."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
+from pytest_sdopt.baselines import BaselineStore
 from pytest_sdopt.environment import describe
 from pytest_sdopt.errors import SdoptUsageError
 from pytest_sdopt.models import ModelSource, resolve_model
 from pytest_sdopt.settings import SessionSettings
+from pytest_sdopt.summary import RunRecord
 
 
 class SdoptSession:
@@ -15,6 +19,10 @@ class SdoptSession:
 
     def __init__(self, settings: SessionSettings):
         self.settings = settings
+        self.results_dir = Path(settings["results-dir"])
+        self.store = BaselineStore(Path(settings["baseline-dir"]), lock_dir=self.results_dir / ".locks")
+        self.records: list[RunRecord] = []
+        self.references_recorded: set[Any] = set()  # (stack, scenario) recorded under --sdopt-update-baselines
         self._models: dict[str, ModelSource | SdoptUsageError] = {}
         self._environments: dict[str, dict[str, Any]] = {}
 
@@ -35,3 +43,15 @@ class SdoptSession:
         if key not in self._environments:
             self._environments[key] = describe(device)
         return dict(self._environments[key])
+
+    def record(self, record: RunRecord) -> RunRecord:
+        self.records.append(record)
+        return record
+
+    def record_check(self, checked: Any) -> None:
+        """Attach a check to the record of the run it checked."""
+        for record in reversed(self.records):
+            if record.result is checked.result:
+                record.checked = checked
+                record.reference = checked.limits.reference
+                return

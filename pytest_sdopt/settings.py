@@ -2,17 +2,21 @@
 
 Precedence (DESIGN §2): `sdopt.run()` / `sdopt.check()` keyword > `@pytest.mark.sdopt` >
 command line > ini > default. `SessionSettings` resolves the command line and ini once per
-session; `resolve_scenario` layers the marker and keyword overrides on top, per run.
+session; `resolve_run` and `resolve_gates` layer the marker and keyword overrides on top.
+A gate set to `None` (or "off" on the command line / in ini) is switched off at that layer.
 Nothing here imports torch.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
 from pytest_sdopt.errors import SdoptUsageError
-from pytest_sdopt.parsing import parse_float, parse_image_size, parse_int
+from pytest_sdopt.gates import OFF, GateLimits
+from pytest_sdopt.optimizations import REFERENCE, parse_stack
+from pytest_sdopt.parsing import parse_byte_size, parse_float, parse_fraction, parse_image_size, parse_int, parse_ssim
 from pytest_sdopt.scenario import Measurement, Scenario
 
 DEFAULT_PROMPT = "high resolution, a photograph of an astronaut riding a horse"
@@ -46,14 +50,48 @@ def _flag(value: object, what: str) -> bool:
     raise SdoptUsageError(f"{what} must be true or false, not {value!r}.")
 
 
+def _switchable(parse: Callable[[object, str], Any]) -> Callable[[object, str], Any]:
+    """A gate's parser that also accepts None (in a marker or keyword) or "off" to switch it off."""
+    def parse_gate(value: object, what: str) -> Any:
+        if value is None or (isinstance(value, str) and value.strip().lower() in ("off", "none")):
+            return OFF
+        return parse(value, what)
+
+    return parse_gate
+
+
+def _stack_name(value: object, what: str) -> str:
+    try:
+        return parse_stack(value).name
+    except SdoptUsageError as exc:
+        raise SdoptUsageError(f"{what}: {exc}") from None
+
+
+def _matrix(value: object, what: str) -> tuple[str, ...] | None:
+    """`all` (every registered optimization on its own) or a comma-separated list of stacks."""
+    if value is None or (isinstance(value, str) and value.strip().lower() in ("", "off", "none")):
+        return None
+    if isinstance(value, str) and value.strip().lower() == "all":
+        from pytest_sdopt.optimizations import REGISTRY
+
+        return tuple(REGISTRY)
+    parts = value.split(",") if isinstance(value, str) else list(value) if isinstance(value, (list, tuple)) else None
+    if not parts or any(not str(part).strip() for part in parts):
+        raise SdoptUsageError(f"{what} must be 'all' or stacks separated by commas, e.g. fp16,fp16+tome; "
+                              f"not {value!r}.")
+    names = [_stack_name(part, what) for part in parts]
+    return tuple(dict.fromkeys(names))  # duplicates would collect the same test twice
+
+
 @dataclass(frozen=True)
 class Setting:
     name: str  # --sdopt-NAME, ini sdopt_NAME, marker keyword NAME.replace("-", "_")
     help: str
     default: Any  # already parsed
     parse: Callable[[object, str], Any]
-    in_marker: bool = True  # may @pytest.mark.sdopt(...) and sdopt.run(...) override it?
+    kind: str = "scenario"  # scenario | measurement | gate | session (session: not in the marker)
     is_flag: bool = False
+    is_path: bool = False  # command line: relative to the invocation dir; ini: to the ini file's dir
     metavar: str | None = None
 
     @property
@@ -80,17 +118,44 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("steps", "denoising steps (default: the model's)", None, lambda v, w: parse_int(v, w, 1), metavar="N"),
     Setting("guidance", "classifier-free guidance scale (default 7.5)", 7.5,
             lambda v, w: parse_float(v, w, 0.0), metavar="SCALE"),
-    Setting("repeats", "measured runs per stack (default 3)", 3, lambda v, w: parse_int(v, w, 1), metavar="N"),
+    Setting("repeats", "measured runs per stack (default 3)", 3, lambda v, w: parse_int(v, w, 1),
+            kind="measurement", metavar="N"),
     Setting("warmup", "unmeasured warm-up runs per stack (default 1)", 1, lambda v, w: parse_int(v, w, 0),
-            metavar="N"),
+            kind="measurement", metavar="N"),
+    # gates: None means "not set here"; OFF means switched off at this layer
+    Setting("max-vram", "gate: ceiling on the CUDA allocator's peak, e.g. 5.1GB (off by default)", None,
+            _switchable(lambda v, w: parse_byte_size(v, w)), kind="gate", metavar="SIZE"),
+    Setting("max-host-memory", "gate: ceiling on the process's peak RSS during a run, e.g. 6GiB", None,
+            _switchable(lambda v, w: parse_byte_size(v, w)), kind="gate", metavar="SIZE"),
+    Setting("min-its", "gate: minimum denoising steps per second", None,
+            _switchable(lambda v, w: parse_float(v, w, 0.0)), kind="gate", metavar="ITS"),
+    Setting("min-ssim", "gate: minimum SSIM against the reference's baseline (default: per optimization)", None,
+            _switchable(parse_ssim), kind="gate", metavar="SSIM"),
+    Setting("reference", f"the stack min-ssim compares against (default {REFERENCE})", REFERENCE, _stack_name,
+            kind="gate", metavar="STACK"),
+    Setting("max-its-drop", "gate: largest it/s drop against this device's stored metrics (default 10% on CUDA, "
+            "25% elsewhere)", None, _switchable(parse_fraction), kind="gate", metavar="PERCENT"),
+    Setting("max-memory-growth", "gate: largest peak-memory growth against this device's stored metrics "
+            "(default 10%)", 0.10, _switchable(parse_fraction), kind="gate", metavar="PERCENT"),
+    # the session's own
+    Setting("baseline-dir", "where baselines are stored (default: baselines/ under rootdir)", None, _text,
+            kind="session", is_path=True, metavar="DIR"),
+    Setting("update-baselines", "record or replace the baselines of every checked run (the only way a "
+            "baseline is ever written)", False, _flag, kind="session", is_flag=True),
+    Setting("results-dir", "where failed comparisons leave actual, baseline and diff images (default: .sdopt/ "
+            "under rootdir)", None, _text, kind="session", is_path=True, metavar="DIR"),
+    Setting("matrix", "collect one gated test per stack: --sdopt-matrix (every registered optimization) or "
+            "--sdopt-matrix=fp16,fp16+tome", None, _matrix, kind="session", metavar="STACKS"),
     Setting("strict", "fail, instead of skip, a stack that cannot run on this machine", False, _flag,
-            in_marker=False, is_flag=True),
+            kind="session", is_flag=True),
 )
 BY_NAME = {setting.name: setting for setting in SETTINGS}
-SCENARIO_KEYS = ("model", "device", "prompt", "seed", "size", "steps", "guidance")
-MEASUREMENT_KEYS = ("repeats", "warmup")
+BY_KEYWORD = {setting.keyword: setting for setting in SETTINGS}
+SCENARIO_KEYS = tuple(s.keyword for s in SETTINGS if s.kind == "scenario")
+MEASUREMENT_KEYS = tuple(s.keyword for s in SETTINGS if s.kind == "measurement")
+GATE_KEYWORDS = tuple(s.keyword for s in SETTINGS if s.kind == "gate")
 RUN_KEYWORDS = SCENARIO_KEYS + MEASUREMENT_KEYS
-MARKER_KEYWORDS = RUN_KEYWORDS  # the gates join these with the gate keywords
+MARKER_KEYWORDS = RUN_KEYWORDS + GATE_KEYWORDS
 
 
 def add_options(parser: Any) -> None:
@@ -98,10 +163,14 @@ def add_options(parser: Any) -> None:
     group = parser.getgroup("sdopt", "Stable Diffusion optimization regression tests (pytest-sdopt)")
     for setting in SETTINGS:
         dest = f"sdopt_{setting.keyword}"
+        cli_help = setting.help.replace("%", "%%")  # argparse %-formats help texts; ini help is shown as is
         if setting.is_flag:
-            group.addoption(setting.cli, action="store_true", default=None, dest=dest, help=setting.help)
+            group.addoption(setting.cli, action="store_true", default=None, dest=dest, help=cli_help)
+        elif setting.name == "matrix":  # a bare --sdopt-matrix means every registered optimization
+            group.addoption(setting.cli, nargs="?", const="all", default=None, dest=dest, metavar=setting.metavar,
+                            help=cli_help)
         else:
-            group.addoption(setting.cli, default=None, dest=dest, metavar=setting.metavar, help=setting.help)
+            group.addoption(setting.cli, default=None, dest=dest, metavar=setting.metavar, help=cli_help)
         parser.addini(setting.ini, help=setting.help, type="string", default="")
 
 
@@ -114,18 +183,27 @@ class SessionSettings:
     @classmethod
     def from_config(cls, config: Any) -> "SessionSettings":
         values = {}
+        ini_dir = Path(config.inipath).parent if config.inipath else Path(config.rootpath)
         for setting in SETTINGS:
-            raw, source = config.getoption(f"sdopt_{setting.keyword}"), setting.cli
+            raw, source, base = config.getoption(f"sdopt_{setting.keyword}"), setting.cli, config.invocation_params.dir
             if raw is None:
-                raw, source = config.getini(setting.ini), f"ini option {setting.ini}"
+                raw, source, base = config.getini(setting.ini), f"ini option {setting.ini}", ini_dir
                 if raw in ("", None):
                     values[setting.name] = setting.default
                     continue
-            values[setting.name] = setting.parse(raw, source)
+            value = setting.parse(raw, source)
+            values[setting.name] = (Path(base) / Path(value).expanduser()).resolve() if setting.is_path else value
+        root = Path(config.rootpath)
+        values["baseline-dir"] = values["baseline-dir"] or root / "baselines"
+        values["results-dir"] = values["results-dir"] or root / ".sdopt"
         return cls(values)
 
     def __getitem__(self, name: str) -> Any:
         return self.values[name]
+
+    def get(self, keyword: str) -> Any:
+        """By marker keyword (max_vram) rather than option name (max-vram)."""
+        return self.values[BY_KEYWORD[keyword].name]
 
 
 def marker_overrides(markers: Iterable[Any]) -> dict[str, Any]:
@@ -143,24 +221,47 @@ def marker_overrides(markers: Iterable[Any]) -> dict[str, Any]:
                     f"@pytest.mark.sdopt got an unknown keyword {key!r}. Valid keywords: {', '.join(MARKER_KEYWORDS)}."
                 )
             merged.setdefault(key, value)
-    return {key: BY_NAME[key].parse(value, f"@pytest.mark.sdopt({key}=...)") for key, value in merged.items()}
+    return {key: BY_KEYWORD[key].parse(value, f"@pytest.mark.sdopt({key}=...)") for key, value in merged.items()}
 
 
-def keyword_overrides(kwargs: Mapping[str, Any], where: str) -> dict[str, Any]:
-    unknown = sorted(set(kwargs) - set(RUN_KEYWORDS))
+def keyword_overrides(kwargs: Mapping[str, Any], where: str, valid: tuple[str, ...] = RUN_KEYWORDS) -> dict[str, Any]:
+    unknown = sorted(set(kwargs) - set(valid))
     if unknown:
-        raise SdoptUsageError(f"{where} got unknown keyword(s) {', '.join(unknown)}. Valid: {', '.join(RUN_KEYWORDS)}.")
-    return {key: BY_NAME[key].parse(value, f"{where}({key}=...)") for key, value in kwargs.items()}
+        raise SdoptUsageError(f"{where} got unknown keyword(s) {', '.join(unknown)}. Valid: {', '.join(valid)}.")
+    return {key: BY_KEYWORD[key].parse(value, f"{where}({key}=...)") for key, value in kwargs.items()}
 
 
 def resolve_run(session: SessionSettings, marker: Mapping[str, Any],
                 keywords: Mapping[str, Any]) -> tuple[Scenario, Measurement]:
     """Layer keyword > marker > session (command line > ini > default) into a scenario and measurement."""
     def pick(name: str) -> Any:
-        for layer in (keywords, marker):
-            if name in layer:
-                return layer[name]
-        return session[name]
+        return _layered(name, session, marker, keywords)
 
     scenario = Scenario(**{name: pick(name) for name in SCENARIO_KEYS})
     return scenario, Measurement(repeats=pick("repeats"), warmup=pick("warmup"))
+
+
+# A CPU run's speed varies far more between processes than a GPU's: on a shared 2-core machine
+# two runs minutes apart differ by 10-15% in it/s, a GPU's by a few percent.
+DEFAULT_ITS_DROP = {"cuda": 0.10}
+DEFAULT_ITS_DROP_ELSEWHERE = 0.25
+
+
+def resolve_gates(session: SessionSettings, marker: Mapping[str, Any], keywords: Mapping[str, Any],
+                  default_min_ssim: float, device_type: str) -> GateLimits:
+    """Layer the gates the same way; min_ssim falls back to the stack's registry default and
+    max_its_drop to the device's. Returns the limits with switched-off gates as None.
+    """
+    limits = {name: _layered(name, session, marker, keywords) for name in GATE_KEYWORDS}
+    if limits["min_ssim"] is None:
+        limits["min_ssim"] = default_min_ssim
+    if limits["max_its_drop"] is None:
+        limits["max_its_drop"] = DEFAULT_ITS_DROP.get(device_type, DEFAULT_ITS_DROP_ELSEWHERE)
+    return GateLimits(**{name: None if value is OFF else value for name, value in limits.items()})
+
+
+def _layered(keyword: str, session: SessionSettings, marker: Mapping[str, Any], keywords: Mapping[str, Any]) -> Any:
+    for layer in (keywords, marker):
+        if keyword in layer:
+            return layer[keyword]
+    return session.get(keyword)

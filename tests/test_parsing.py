@@ -3,7 +3,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from pytest_sdopt.errors import SdoptUsageError
-from pytest_sdopt.parsing import parse_byte_size, parse_float, parse_image_size, parse_int
+from pytest_sdopt.parsing import (format_bytes, parse_byte_size, parse_float, parse_fraction, parse_image_size, parse_int,
+                                  parse_ssim)
 
 
 @pytest.mark.parametrize("value, expected", [
@@ -79,3 +80,34 @@ def test_byte_size_units_scale(number, unit):
     factor = {"KB": 1e3, "MB": 1e6, "GB": 1e9, "KiB": 2**10, "MiB": 2**20, "GiB": 2**30}[unit]
     text = f"{number:.3f} {unit}"
     assert parse_byte_size(text) == round(float(f"{number:.3f}") * factor)
+
+
+@pytest.mark.parametrize("text, expected", [("10%", 0.1), ("10 %", 0.1), (" 2.5% ", 0.025), ("0.1", 0.1), (0.25, 0.25),
+                                            (0, 0.0), ("100%", 1.0)])
+def test_fractions_take_percentages_and_plain_fractions(text, expected):
+    assert parse_fraction(text, "tolerance") == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("text", ["", "ten", "-5%", "150%", "1.5", True, "5%%", None])
+def test_bad_fractions_name_the_accepted_forms(text):
+    with pytest.raises(SdoptUsageError, match=r"tolerance must (be a percentage such as \"10%\"|lie between 0% and 100%)"):
+        parse_fraction(text, "tolerance")
+
+
+@given(st.floats(min_value=0, max_value=100, allow_nan=False))
+def test_any_percentage_in_range_parses_to_its_fraction(percent):
+    assert parse_fraction(f"{percent}%", "t") == pytest.approx(percent / 100)
+
+
+@pytest.mark.parametrize("value", ["1.01", -0.1, "x", float("nan")])
+def test_ssim_limits_lie_between_zero_and_one(value):
+    with pytest.raises(SdoptUsageError):
+        parse_ssim(value, "min_ssim")
+    assert parse_ssim("0.95", "min_ssim") == 0.95
+
+
+@pytest.mark.parametrize("size, text", [(5_100_000_000, "5.10 GB"), (485_060_000, "485.06 MB"), (1500, "1.50 kB"),
+                                        (12, "12 B")])
+def test_bytes_are_shown_in_the_decimal_units_gates_are_written_in(size, text):
+    assert format_bytes(size) == text
+    assert abs(parse_byte_size(text.replace(" ", ""), "size") - size) <= size * 0.005

@@ -55,7 +55,7 @@ def test_bad_stacks_name_the_problem(text, fragment):
 
 def test_default_min_ssim_is_the_loosest_of_the_stack():
     assert parse_stack("fp16+tome").default_min_ssim == REGISTRY["tome"].default_min_ssim
-    assert parse_stack("fp32").default_min_ssim == 1.0
+    assert parse_stack("fp32").default_min_ssim == 0.99
 
 
 @pytest.mark.parametrize("stack, device_type, reason", [

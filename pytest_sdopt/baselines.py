@@ -1,0 +1,184 @@
+"""The baseline store: each stack's image and metrics, per model and scenario, on disk.
+
+Layout (DESIGN §4), under the baseline dir:
+
+    <model>/<scenario>/scenario.json     the scenario in full (the folder name abbreviates the prompt)
+    <model>/<scenario>/<stack>.png       the stack's image (lossless)
+    <model>/<scenario>/<stack>.json      the stack's metrics, one entry per device fingerprint
+
+Images are shared by every device (the initial latents come from a seeded CPU generator);
+speed and memory are not, so metrics are kept per fingerprint (device name, torch, diffusers).
+Every write goes to a temporary file in the same folder and is renamed over the old one, so a
+reader never sees half a file; metric updates are read-modify-write under a file lock, so
+pytest-xdist workers recording different devices do not lose each other's entries. Only
+`record` writes, and only `--sdopt-update-baselines` calls it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import tempfile
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+from pytest_sdopt.errors import SdoptUsageError
+from pytest_sdopt.scenario import Scenario
+
+SCHEMA = 1
+METRIC_FIELDS = ("its", "total_s", "peak_vram_bytes", "peak_vram_reserved_bytes", "peak_device_bytes",
+                 "peak_host_bytes")
+_UNSAFE = re.compile(r"[^A-Za-z0-9._+=-]")
+
+
+def model_key(model: str) -> str:
+    """A folder name for a model: hub ids keep org and name (`org--name`), folders their own name."""
+    path = Path(model).expanduser()
+    if model not in ("tiny", "sd15-random") and path.exists():
+        model = path.resolve().name
+    return _UNSAFE.sub("_", model.replace("/", "--"))
+
+
+def scenario_key(scenario: Scenario) -> str:
+    """`128x128-10steps-seed1-cfg7.5-p1a2b3c4d`: everything that decides the image except the device."""
+    prompt = hashlib.sha256(scenario.prompt.encode("utf-8")).hexdigest()[:9]
+    return f"{scenario.size_text}-{scenario.steps}steps-seed{scenario.seed}-cfg{scenario.guidance:g}-p{prompt}"
+
+
+def stack_key(stack: str) -> str:
+    return _UNSAFE.sub("_", stack.replace(":", "-"))  # tome:0.3 -> tome-0.3 (':' is not portable)
+
+
+def fingerprint(env: dict[str, Any]) -> str:
+    """What a stored speed or memory figure is comparable with: the same device, torch and diffusers."""
+    return f"{env.get('device_name') or 'unknown device'} | torch {env.get('torch')} | diffusers {env.get('diffusers')}"
+
+
+@dataclass
+class Baseline:
+    """What `sdopt.baseline(stack)` returns: the stored image and metrics (None where nothing is stored)."""
+
+    stack: str
+    image_path: Path
+    image: Any  # a PIL image
+    metrics: dict[str, Any] | None  # this device's (same fingerprint)
+    all_metrics: dict[str, dict[str, Any]] = field(default_factory=dict)  # every fingerprint's
+
+    @property
+    def exists(self) -> bool:
+        return self.image is not None
+
+
+class BaselineStore:
+    def __init__(self, root: Path, lock_dir: Path):
+        self.root = Path(root)
+        self.lock_dir = Path(lock_dir)  # outside the baseline dir: lock files must not end up committed
+
+    def folder(self, scenario: Scenario) -> Path:
+        return self.root / model_key(scenario.model) / scenario_key(scenario)
+
+    def image_path(self, scenario: Scenario, stack: str) -> Path:
+        return self.folder(scenario) / f"{stack_key(stack)}.png"
+
+    def metrics_path(self, scenario: Scenario, stack: str) -> Path:
+        return self.folder(scenario) / f"{stack_key(stack)}.json"
+
+    # -- reading --------------------------------------------------------------------------
+
+    def read_image(self, scenario: Scenario, stack: str) -> Any:
+        """The stored image as RGB (a PIL image), or None when none is stored."""
+        from PIL import Image
+
+        path = self.image_path(scenario, stack)
+        if not path.is_file():
+            return None
+        try:
+            with Image.open(path) as image:
+                return image.convert("RGB")
+        except (OSError, ValueError) as exc:  # PIL's UnidentifiedImageError is an OSError
+            raise BaselineError(f"the baseline image {path} cannot be read ({exc}). Restore it from version control, "
+                                f"or record it again with --sdopt-update-baselines.") from None
+
+    def read_metrics(self, scenario: Scenario, stack: str) -> dict[str, dict[str, Any]]:
+        """Every fingerprint's metrics for the stack; {} when none are stored."""
+        path = self.metrics_path(scenario, stack)
+        if not path.is_file():
+            return {}
+        try:
+            document = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise BaselineError(f"the stored metrics {path} cannot be read ({exc}). Restore the file from version "
+                                f"control, or delete it and record it again with --sdopt-update-baselines.") from None
+        if not isinstance(document, dict) or document.get("schema") != SCHEMA:
+            raise BaselineError(f"the stored metrics {path} are not in schema {SCHEMA} (found "
+                                f"{document.get('schema') if isinstance(document, dict) else document!r}). "
+                                f"Record them again with --sdopt-update-baselines.")
+        return dict(document.get("metrics", {}))
+
+    def baseline(self, scenario: Scenario, stack: str, env: dict[str, Any]) -> Baseline:
+        every = self.read_metrics(scenario, stack)
+        return Baseline(stack, self.image_path(scenario, stack), self.read_image(scenario, stack),
+                        every.get(fingerprint(env)), every)
+
+    # -- writing (only under --sdopt-update-baselines) ---------------------------------------
+
+    def record(self, result: Any) -> Path:
+        """Store the run's image, and its metrics under its device's fingerprint. Returns the image path."""
+        from filelock import FileLock
+
+        scenario = result.scenario
+        folder = self.folder(scenario)
+        folder.mkdir(parents=True, exist_ok=True)
+        _atomic_write(folder / "scenario.json", _json_bytes(_scenario_document(scenario)))
+        path = self.image_path(scenario, result.stack)
+        _atomic_write(path, lambda handle: result.image.convert("RGB").save(handle, format="PNG"))
+        self.lock_dir.mkdir(parents=True, exist_ok=True)
+        lock_name = hashlib.sha256(str(self.metrics_path(scenario, result.stack)).encode()).hexdigest()[:16]
+        with FileLock(self.lock_dir / f"{lock_name}.lock", timeout=120):
+            every = self.read_metrics(scenario, result.stack)
+            every[fingerprint(result.env)] = _metrics_entry(result)
+            document = {"schema": SCHEMA, "stack": result.stack, "model": scenario.model,
+                        "metrics": dict(sorted(every.items()))}
+            _atomic_write(self.metrics_path(scenario, result.stack), _json_bytes(document))
+        return path
+
+
+class BaselineError(SdoptUsageError):
+    """A stored baseline exists but cannot be used; the message says how to repair it."""
+
+
+def _scenario_document(scenario: Scenario) -> dict[str, Any]:
+    return {"schema": SCHEMA, "model": scenario.model, "size": list(scenario.size) if scenario.size else None,
+            "steps": scenario.steps, "seed": scenario.seed, "guidance": scenario.guidance, "prompt": scenario.prompt}
+
+
+def _metrics_entry(result: Any) -> dict[str, Any]:
+    entry = {name: getattr(result, name) for name in METRIC_FIELDS}
+    entry["repeats"] = len(result.step_times_s)
+    entry["device"] = result.device
+    entry["env"] = result.env
+    entry["recorded_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return entry
+
+
+def _json_bytes(document: Any) -> Callable[[Any], None]:
+    text = json.dumps(document, indent=2, sort_keys=False) + "\n"
+    return lambda handle: handle.write(text.encode("utf-8"))
+
+
+def _atomic_write(path: Path, write: Callable[[Any], None]) -> None:
+    """Write through a temporary file in the same folder, then rename it over `path`."""
+    handle = tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False)
+    try:
+        with handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(handle.name, path)
+    except BaseException:
+        Path(handle.name).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,49 @@
+"""The end-of-session table, from records alone: ratios to the reference run, n/a, skips."""
+
+from types import SimpleNamespace
+
+from pytest_sdopt.checking import CheckedRun
+from pytest_sdopt.gates import GateLimits, GateOutcome, Status
+from pytest_sdopt.scenario import Scenario
+from pytest_sdopt.summary import RunRecord, render_table, table_rows
+
+SCENARIO = Scenario("tiny", "cuda:0", "p", 1, (64, 64), 2, 7.5)
+
+
+def run(stack, its, vram, host=2 * 10**9, scenario=SCENARIO):
+    return SimpleNamespace(stack=stack, its=its, peak_vram_bytes=vram, peak_host_bytes=host, device="cuda:0",
+                           scenario=scenario, env={})
+
+
+def checked(result, *outcomes):
+    return CheckedRun(result, GateLimits(), list(outcomes))
+
+
+def test_ratios_are_to_the_reference_run_of_the_same_scenario():
+    reference, fast = run("fp32", 10.0, 8 * 10**9), run("fp16", 25.0, 4 * 10**9)
+    other_scenario = run("bf16", 30.0, 4 * 10**9, scenario=Scenario("tiny", "cuda:0", "q", 1, (64, 64), 2, 7.5))
+    records = [RunRecord("m::fp32", "fp32", "fp32", result=reference, in_matrix=True),
+               RunRecord("m::fp16", "fp16", "fp16", result=fast, in_matrix=True,
+                         checked=checked(fast, GateOutcome("min_ssim", Status.PASS, value=0.97123))),
+               RunRecord("m::bf16", "bf16", "bf16", result=other_scenario, in_matrix=True)]
+    header, rows = table_rows(records)
+    assert header[0] == "stack"  # no test column when every row comes from the matrix
+    assert rows[0][2:10] == ["10.00", "1.00x", "8.00 GB", "1.00x", "2.00 GB", "1.00x", "-", "not checked"]
+    assert rows[1][2:10] == ["25.00", "2.50x", "4.00 GB", "0.50x", "2.00 GB", "1.00x", "0.9712", "pass"]
+    assert rows[2][3] == "-"  # no reference ran on its scenario
+
+
+def test_verdicts_name_failed_and_not_applicable_gates_and_skips():
+    result = run("fp16", 5.0, None)
+    outcomes = (GateOutcome("min_its", Status.FAIL), GateOutcome("max_vram", Status.NOT_APPLICABLE),
+                GateOutcome("min_ssim", Status.PASS, value=0.99))
+    records = [RunRecord("t.py::test[fp16]", "test[fp16]", "fp16", result=result, checked=checked(result, *outcomes)),
+               RunRecord("t.py::test[xformers]", "test[xformers]", "xformers", skipped="xformers needs CUDA")]
+    header, rows = table_rows(records)
+    assert header[:2] == ["test", "stack"]
+    assert rows[0][-1] == "FAIL: min_its (n/a: max_vram)"
+    assert rows[0][5] == "n/a"  # peak VRAM not measured
+    assert rows[1][-1] == "skipped: xformers needs CUDA"
+    lines = render_table(records)
+    assert lines[1].index("FAIL") == lines[0].index("verdict")  # columns line up
+    assert lines[0].index("it/s") + len("it/s") == lines[1].index("5.00") + len("5.00")  # numbers right-aligned
