@@ -11,10 +11,13 @@ from pytest_sdopt.plugin import (
     pytest_configure,
     pytest_ignore_collect,
     pytest_report_header,
+    pytest_sessionfinish,
     pytest_terminal_summary,
+    pytest_testnodedown,
     sdopt,
 )
 
 __version__ = "0.1.0"
 __all__ = ["pytest_addoption", "pytest_collection_modifyitems", "pytest_configure", "pytest_ignore_collect",
-           "pytest_report_header", "pytest_terminal_summary", "sdopt", "__version__"]
+           "pytest_report_header", "pytest_sessionfinish", "pytest_terminal_summary", "pytest_testnodedown", "sdopt",
+           "__version__"]

@@ -50,6 +50,7 @@ class Sdopt:
         self._session = session
         self._node = node
         self._in_matrix = in_matrix
+        self._order = _collection_index(node)
         self.results: list[Any] = []  # RunResults of this test, in order
         self._checked: list[Any] = []  # the RunResults sdopt.check() has seen
 
@@ -87,6 +88,9 @@ class Sdopt:
             checked = check_run(result, limits, self._check_context(result))
         self._checked.append(result)
         self._session.record_check(checked)
+        self._properties(result.stack, {
+            "SSIM": None if checked.ssim is None else f"{checked.ssim:.4f}",
+            "verdict": "FAIL: " + ", ".join(o.gate for o in checked.failed) if checked.failed else "pass"})
         if checked.failed:
             pytest.fail(checked.failure_message(), pytrace=False)
         return checked
@@ -138,20 +142,40 @@ class Sdopt:
     # -- internals ----------------------------------------------------------------------
 
     def _run(self, plan: PlannedRun) -> Any:
-        from pytest_sdopt.runner import run_pipeline
+        from pytest_sdopt.runner import Runner, run_pipeline
 
         release_memory()  # what an earlier run left must not count in this one's peaks
         pipe = self._build(plan)
         try:
-            result = run_pipeline(pipe, plan.stack, plan.scenario, plan.measurement, plan.device,
-                                  self._session.environment(plan.device))
+            env = self._session.environment(plan.device)
+            benchmark = self._unused_benchmark()
+            if benchmark is None:
+                result = run_pipeline(pipe, plan.stack, plan.scenario, plan.measurement, plan.device, env)
+            else:
+                runner = Runner(pipe, plan.stack, plan.scenario, plan.device, env)
+                result = feed_benchmark(benchmark, runner, plan)
         finally:
             del pipe
             release_memory()
         self._session.record(RunRecord(self._node.nodeid, self._node.name, result.stack,
                                        reference=self._session.settings["reference"], result=result,
-                                       in_matrix=self._in_matrix))
+                                       in_matrix=self._in_matrix, order=self._order))
+        self._properties(result.stack, {"it/s": f"{result.its:.3f}", "peak VRAM bytes": result.peak_vram_bytes,
+                                        "peak host bytes": result.peak_host_bytes})
         return result
+
+    def _properties(self, stack: str, values: dict[str, Any]) -> None:
+        """junitxml <property> entries (record_property's storage), so CI systems show the figures."""
+        for name, value in values.items():
+            self._node.user_properties.append((f"sdopt {stack} {name}", "n/a" if value is None else str(value)))
+
+    def _unused_benchmark(self) -> Any:
+        """The test's pytest-benchmark fixture, if it requested one and nothing has used it yet."""
+        funcargs = getattr(self._node, "funcargs", {})
+        benchmark = funcargs.get("benchmark")
+        if benchmark is None or getattr(benchmark, "disabled", True) or getattr(benchmark, "_mode", None):
+            return None
+        return benchmark
 
     def _check_context(self, result: Any) -> CheckContext:
         config = self._node.config
@@ -200,8 +224,30 @@ class Sdopt:
             if self._session.settings["strict"]:
                 pytest.fail(f"{message} (--sdopt-strict makes this a failure)", pytrace=False)
             self._session.record(RunRecord(self._node.nodeid, self._node.name, str(stack), skipped=str(exc),
-                                           in_matrix=self._in_matrix))
+                                           in_matrix=self._in_matrix, order=self._order))
             skip_at_test(message)
+
+
+def feed_benchmark(benchmark: Any, runner: Any, plan: PlannedRun) -> Any:
+    """Let pytest-benchmark drive the same warm-ups and measured calls, so its stats, storage and
+    --benchmark-compare-fail see what sdopt measured (one whole pipeline call per round)."""
+    calls = iter(range(plan.measurement.warmup + plan.measurement.repeats))
+    benchmark.group = benchmark.group or f"sdopt {plan.scenario.model} {plan.scenario.size_text}"
+    benchmark.pedantic(lambda: runner.call(measured=next(calls) >= plan.measurement.warmup),
+                       rounds=plan.measurement.repeats, warmup_rounds=plan.measurement.warmup, iterations=1)
+    result = runner.result()
+    benchmark.extra_info.update({"sdopt_stack": result.stack, "sdopt_its": result.its,
+                                 "sdopt_peak_vram_bytes": result.peak_vram_bytes,
+                                 "sdopt_peak_host_bytes": result.peak_host_bytes, "sdopt_device": result.device})
+    return result
+
+
+def _collection_index(node: Any) -> int:
+    """The test's place in the session's collection: merged results keep the order tests ran in."""
+    try:
+        return node.session.items.index(node)
+    except (AttributeError, ValueError):
+        return len(getattr(node.session, "items", ()))
 
 
 def skip_at_test(message: str) -> None:

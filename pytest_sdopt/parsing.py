@@ -98,8 +98,9 @@ def parse_byte_size(value: object, what: str = "size") -> int:
     return size
 
 
-def parse_fraction(value: object, what: str) -> float:
-    """`"10%"`, `"10 %"` or `0.1` -> 0.1: a relative tolerance, between 0 and 1 (0% and 100%)."""
+def parse_fraction(value: object, what: str, maximum: float | None = 1.0) -> float:
+    """`"10%"`, `"10 %"` or `0.1` -> 0.1: a relative tolerance, from 0 up to `maximum` (100% unless set;
+    None: no upper bound, for growth that may exceed double)."""
     forms = 'a percentage such as "10%" or a fraction such as 0.1'
     if isinstance(value, bool):
         raise SdoptUsageError(f"{what} must be {forms}, not {value!r}.")
@@ -114,8 +115,9 @@ def parse_fraction(value: object, what: str) -> float:
             raise SdoptUsageError(f"{what} must be {forms}, not {value!r}.") from None
     else:
         raise SdoptUsageError(f"{what} must be {forms}, not {value!r}.")
-    if not math.isfinite(fraction) or not 0 <= fraction <= 1:
-        raise SdoptUsageError(f"{what} must lie between 0% and 100% (0 and 1), not {value!r}.")
+    if not math.isfinite(fraction) or fraction < 0 or (maximum is not None and fraction > maximum):
+        bound = f"between 0% and {maximum:.0%} (0 and {maximum:g})" if maximum is not None else "0% or more"
+        raise SdoptUsageError(f"{what} must lie {bound}, not {value!r}.")
     return fraction
 
 
@@ -133,3 +135,27 @@ def format_bytes(size: int) -> str:
         if abs(size) >= scale:
             return f"{size / scale:.2f} {unit}"
     return f"{size} B"
+
+
+THRESHOLD_METRICS = {
+    "its": "it/s may drop by at most this fraction (its:5%)",
+    "vram": "peak VRAM may grow by at most this fraction (vram:5%)",
+    "host": "peak host memory may grow by at most this fraction (host:10%)",
+    "ssim": "SSIM between the old and new image may fall at most this far below 1 (ssim:0.02)",
+}
+
+
+def parse_threshold(text: object, what: str = "--fail") -> tuple[str, float]:
+    """`its:5%`, `vram:5%`, `host:10%`, `ssim:0.02` -> (metric, limit)."""
+    forms = "METRIC:LIMIT with METRIC one of its, vram, host, ssim, e.g. its:5% or ssim:0.02"
+    if not isinstance(text, str) or text.count(":") != 1:
+        raise SdoptUsageError(f"{what} takes {forms}, not {text!r}.")
+    metric, limit = (part.strip() for part in text.split(":"))
+    if metric not in THRESHOLD_METRICS:
+        raise SdoptUsageError(f"{what} {text!r}: unknown metric {metric!r}; {forms}.")
+    if metric == "ssim":
+        if limit.endswith("%"):
+            raise SdoptUsageError(f"{what} {text!r}: an SSIM drop is a number between 0 and 1 such as 0.02, "
+                                  f"not a percentage.")
+        return metric, parse_ssim(limit, f"{what} {text!r}")
+    return metric, parse_fraction(limit, f"{what} {text!r}", maximum=1.0 if metric == "its" else None)

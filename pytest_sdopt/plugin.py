@@ -61,19 +61,55 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
         items.extend(matrix_items(session, sdopt_session))
 
 
+@pytest.hookimpl(optionalhook=True)  # a pytest-xdist hook: absent without xdist, and that is fine
+def pytest_testnodedown(node: object, error: object) -> None:
+    """Controller: collect a worker's runs, so one table, one JSON and one report cover them all."""
+    session = node.config.stash.get(SESSION_KEY, None)  # type: ignore[attr-defined]
+    output = getattr(node, "workeroutput", None) or {}
+    if session is not None and output.get("sdopt_entries"):
+        session.worker_entries.extend(output["sdopt_entries"])
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    sdopt_session = session.config.stash.get(SESSION_KEY, None)
+    if sdopt_session is None:
+        return
+    workeroutput = getattr(session.config, "workeroutput", None)
+    if workeroutput is not None:  # an xdist worker: hand the runs to the controller, write nothing
+        workeroutput["sdopt_entries"] = sdopt_session.entries()
+        return
+    from pytest_sdopt.sinks import write_reports
+
+    write_reports(sdopt_session, version=_version())
+
+
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:
     session = config.stash.get(SESSION_KEY, None)
-    if session is None or not session.records:
+    if session is None or hasattr(config, "workerinput"):
+        return
+    entries = session.entries()
+    if not entries:
         return
     terminalreporter.write_sep("=", "sdopt")
-    environment = environment_line(session.records)
+    environment = environment_line(entries)
     if environment:
         terminalreporter.write_line(environment)
-    for line in render_table(session.records):
+    for line in render_table(entries):
         terminalreporter.write_line(line)
-    if any(outcome.artifacts for record in session.records if record.checked is not None
-           for outcome in record.checked.failed):
+    if any(gate["artifacts"] for entry in entries for gate in entry["gates"] if gate["status"] == "FAIL"):
         terminalreporter.write_line(f"images of failed comparisons: {_shown(config, session.results_dir)}")
+    for name in ("json", "html"):
+        if session.settings[name]:
+            terminalreporter.write_line(f"sdopt {name}: {_shown(config, session.settings[name]).rstrip('/')}")
+
+
+def _version() -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version("pytest-sdopt")
+    except metadata.PackageNotFoundError:
+        return "unknown"
 
 
 def _shown(config: pytest.Config, path: Path) -> str:

@@ -96,51 +96,68 @@ def call_kwargs(scenario: Scenario) -> dict[str, Any]:
     return kwargs
 
 
-def run_pipeline(pipe: Any, stack: Stack, scenario: Scenario, measurement: Measurement, device: Any,
-                 env: dict[str, Any]) -> RunResult:
-    import torch
+class Runner:
+    """One stack's pipeline, called again and again with the same seed; measured calls are recorded.
 
-    pipe.set_progress_bar_config(disable=True)
-    kwargs = call_kwargs(scenario)
-    step_times: list[list[float]] = []
-    totals: list[float] = []
-    images: list[Any] = []
-    peaks: dict[str, int | None] = {}
-    trackers = trackers_for(device)
-    for index in range(measurement.warmup + measurement.repeats):
-        measured = index >= measurement.warmup
+    `run_pipeline` drives it through warm-ups and measured repeats; pytest-benchmark's pedantic
+    mode can drive the same calls instead (see fixture.py), so both see the same runs.
+    """
+
+    def __init__(self, pipe: Any, stack: Stack, scenario: Scenario, device: Any, env: dict[str, Any]):
+        pipe.set_progress_bar_config(disable=True)
+        self.pipe, self.stack, self.scenario, self.device, self.env = pipe, stack, scenario, device, env
+        self.kwargs = call_kwargs(scenario)
+        self.trackers = trackers_for(device)
+        self.step_times: list[list[float]] = []
+        self.totals: list[float] = []
+        self.images: list[Any] = []
+        self.peaks: dict[str, int | None] = {}
+
+    def call(self, measured: bool) -> None:
+        import torch
+
         # The global RNG too: optimizations that draw their own randomness (tomesd) fork it.
-        torch.manual_seed(scenario.seed)
-        stack.before_each_call(pipe)
+        torch.manual_seed(self.scenario.seed)
+        self.stack.before_each_call(self.pipe)
         # A CPU generator draws the same initial latents on every device.
-        generator = torch.Generator("cpu").manual_seed(scenario.seed)
-        clock = StepClock(device)
+        generator = torch.Generator("cpu").manual_seed(self.scenario.seed)
+        clock = StepClock(self.device)
         if measured:
-            for tracker in trackers:
+            for tracker in self.trackers:
                 tracker.start()
-        with clock.watching(pipe):
-            output = pipe(**kwargs, generator=generator, callback_on_step_end=clock.on_step_end)
+        with clock.watching(self.pipe):
+            output = self.pipe(**self.kwargs, generator=generator, callback_on_step_end=clock.on_step_end)
             end = clock.now()
         if measured:
-            for tracker in trackers:
+            for tracker in self.trackers:
                 tracker.stop()
                 for name, value in tracker.peaks().items():
-                    peaks[name] = _max(peaks.get(name), value)
-            step_times.append(clock.step_times())
-            totals.append(end - clock.call_start)
-            images = list(output.images)
-    rates = [len(times) / sum(times) for times in step_times if times and sum(times) > 0]
-    return RunResult(
-        stack=stack.name,
-        scenario=scenario,
-        images=images,
-        step_times_s=step_times,
-        its=statistics.median(rates) if rates else 0.0,
-        total_s=statistics.median(totals),
-        device=str(device),
-        env=env,
-        **peaks,
-    )
+                    self.peaks[name] = _max(self.peaks.get(name), value)
+            self.step_times.append(clock.step_times())
+            self.totals.append(end - clock.call_start)
+            self.images = list(output.images)
+
+    def result(self) -> RunResult:
+        rates = [len(times) / sum(times) for times in self.step_times if times and sum(times) > 0]
+        return RunResult(
+            stack=self.stack.name,
+            scenario=self.scenario,
+            images=self.images,
+            step_times_s=self.step_times,
+            its=statistics.median(rates) if rates else 0.0,
+            total_s=statistics.median(self.totals),
+            device=str(self.device),
+            env=self.env,
+            **self.peaks,
+        )
+
+
+def run_pipeline(pipe: Any, stack: Stack, scenario: Scenario, measurement: Measurement, device: Any,
+                 env: dict[str, Any]) -> RunResult:
+    runner = Runner(pipe, stack, scenario, device, env)
+    for index in range(measurement.warmup + measurement.repeats):
+        runner.call(measured=index >= measurement.warmup)
+    return runner.result()
 
 
 def _max(a: int | None, b: int | None) -> int | None:

@@ -11,6 +11,7 @@ from pytest_sdopt.environment import describe
 from pytest_sdopt.errors import SdoptUsageError
 from pytest_sdopt.models import ModelSource, resolve_model
 from pytest_sdopt.settings import SessionSettings
+from pytest_sdopt.report import run_entry
 from pytest_sdopt.summary import RunRecord
 
 
@@ -22,6 +23,8 @@ class SdoptSession:
         self.results_dir = Path(settings["results-dir"])
         self.store = BaselineStore(Path(settings["baseline-dir"]), lock_dir=self.results_dir / ".locks")
         self.records: list[RunRecord] = []
+        self.worker_entries: list[dict[str, Any]] = []  # what pytest-xdist workers sent (controller only)
+        self._entries: list[dict[str, Any]] | None = None
         self.references_recorded: set[Any] = set()  # (stack, scenario) recorded under --sdopt-update-baselines
         self._models: dict[str, ModelSource | SdoptUsageError] = {}
         self._environments: dict[str, dict[str, Any]] = {}
@@ -47,6 +50,26 @@ class SdoptSession:
     def record(self, record: RunRecord) -> RunRecord:
         self.records.append(record)
         return record
+
+    @property
+    def images_dir(self) -> Path | None:
+        """Where each run's image is kept for the JSON and HTML reports (None when neither is asked for)."""
+        json_path, html_path = self.settings["json"], self.settings["html"]
+        if json_path:
+            return Path(json_path).with_name(Path(json_path).stem + "-images")
+        return self.results_dir / "report-images" if html_path else None
+
+    def entries(self) -> list[dict[str, Any]]:
+        """Every run of the session as plain data: this process's, then its workers'. Made once."""
+        if self._entries is None:
+            own = []
+            for record in self.records:
+                reference = None
+                if record.result is not None:
+                    reference = self.store.image_path(record.result.scenario, record.reference)
+                own.append(run_entry(record, self.images_dir, reference))
+            self._entries = sorted(own + self.worker_entries, key=lambda e: (e["order"], e["nodeid"]))
+        return self._entries
 
     def record_check(self, checked: Any) -> None:
         """Attach a check to the record of the run it checked."""

@@ -136,7 +136,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("max-its-drop", "gate: largest it/s drop against this device's stored metrics (default 10% on CUDA, "
             "25% elsewhere)", None, _switchable(parse_fraction), kind="gate", metavar="PERCENT"),
     Setting("max-memory-growth", "gate: largest peak-memory growth against this device's stored metrics "
-            "(default 10%)", 0.10, _switchable(parse_fraction), kind="gate", metavar="PERCENT"),
+            "(default 10%)", 0.10, _switchable(lambda v, w: parse_fraction(v, w, maximum=None)), kind="gate",
+            metavar="PERCENT"),
     # the session's own
     Setting("baseline-dir", "where baselines are stored (default: baselines/ under rootdir)", None, _text,
             kind="session", is_path=True, metavar="DIR"),
@@ -146,6 +147,10 @@ SETTINGS: tuple[Setting, ...] = (
             "under rootdir)", None, _text, kind="session", is_path=True, metavar="DIR"),
     Setting("matrix", "collect one gated test per stack: --sdopt-matrix (every registered optimization) or "
             "--sdopt-matrix=fp16,fp16+tome", None, _matrix, kind="session", metavar="STACKS"),
+    Setting("json", "write the session's results to this file (a versioned schema; images beside it)", None, _text,
+            kind="session", is_path=True, metavar="PATH"),
+    Setting("html", "write a self-contained HTML report of the session to this file", None, _text,
+            kind="session", is_path=True, metavar="PATH"),
     Setting("strict", "fail, instead of skip, a stack that cannot run on this machine", False, _flag,
             kind="session", is_flag=True),
 )

@@ -1,8 +1,10 @@
 """What the session ran, one row per run, and the table printed at the end of the session.
 
-Columns: stack, device, it/s and its ratio to the reference run, peak VRAM and peak host
-memory with their ratios, SSIM against the reference's baseline, and the verdict. A gate that
-could not apply shows in the verdict as n/a; a run that was never checked says so.
+The table reads run entries (plain data, see report.py), so a pytest-xdist controller prints
+the runs of all its workers. Columns: stack, device, it/s and its ratio to the reference run,
+peak VRAM and peak host memory with their ratios, SSIM against the reference's baseline, and
+the verdict. A gate that could not apply shows in the verdict as n/a; a run that was never
+checked says so.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from pytest_sdopt.parsing import format_bytes
 
 @dataclass
 class RunRecord:
+    """A run as it happens in this process (live objects); report.run_entry() makes it plain data."""
+
     nodeid: str
     test: str  # the test's name as the table shows it
     stack: str
@@ -24,17 +28,18 @@ class RunRecord:
     skipped: str | None = None
     in_matrix: bool = False
     note: str | None = None  # why a run was made that no test checks (the reference, recorded)
+    order: int = 0  # the test's place in the session's collection
 
-    @property
-    def verdict(self) -> str:
-        if self.skipped is not None:
-            return f"skipped: {self.skipped}"
-        if self.checked is None:
-            return self.note or "not checked"
-        failed = [outcome.gate for outcome in self.checked.failed]
-        not_applicable = sorted({o.gate for o in self.checked.outcomes if o.status.value == "n/a"})
-        verdict = f"FAIL: {', '.join(dict.fromkeys(failed))}" if failed else "pass"
-        return f"{verdict} (n/a: {', '.join(not_applicable)})" if not_applicable else verdict
+
+def verdict(entry: dict[str, Any]) -> str:
+    if entry["outcome"] == "skipped":
+        return f"skipped: {entry['skip_reason']}"
+    if entry["outcome"] == "unchecked":
+        return entry["note"] or "not checked"
+    failed = list(dict.fromkeys(g["gate"] for g in entry["gates"] if g["status"] == "FAIL"))
+    not_applicable = sorted({g["gate"] for g in entry["gates"] if g["status"] == "n/a"})
+    text = f"FAIL: {', '.join(failed)}" if failed else "pass"
+    return f"{text} (n/a: {', '.join(not_applicable)})" if not_applicable else text
 
 
 def _ratio(value: float | None, reference: float | None) -> str:
@@ -47,41 +52,42 @@ def _bytes(value: int | None) -> str:
     return "n/a" if value is None else format_bytes(value)
 
 
-def _reference_result(record: RunRecord, records: list[RunRecord]) -> Any:
-    if record.result is None:
+def reference_entry(entry: dict[str, Any], entries: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The session's run of this entry's reference stack on the same scenario, if there was one."""
+    if entry["figures"] is None:
         return None
-    for other in records:
-        if (other.result is not None and other.stack == record.reference
-                and other.result.scenario == record.result.scenario):
-            return other.result
+    for other in entries:
+        if other["figures"] is not None and other["stack"] == entry["reference"] \
+                and other["scenario"] == entry["scenario"]:
+            return other
     return None
 
 
-def table_rows(records: Iterable[RunRecord]) -> tuple[list[str], list[list[str]]]:
-    records = list(records)
-    show_test = any(not record.in_matrix for record in records)
+def table_rows(entries: Iterable[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
+    entries = list(entries)
+    show_test = any(not entry["in_matrix"] for entry in entries)
     header = (["test"] if show_test else []) + ["stack", "device", "it/s", "vs ref", "peak VRAM", "vs ref",
                                                  "peak host", "vs ref", "SSIM", "verdict"]
     rows = []
-    for record in records:
-        result, reference = record.result, _reference_result(record, records)
-        cells = [record.test] if show_test else []
-        if result is None:
-            cells += [record.stack, "", "", "", "", "", "", "", "", record.verdict]
+    for entry in entries:
+        cells = [entry["test"]] if show_test else []
+        figures = entry["figures"]
+        if figures is None:
+            cells += [entry["stack"], "", "", "", "", "", "", "", "", verdict(entry)]
         else:
-            ssim = record.checked.ssim if record.checked is not None else None
+            reference = (reference_entry(entry, entries) or {}).get("figures") or {}
             cells += [
-                record.stack, result.device, f"{result.its:.2f}", _ratio(result.its, reference and reference.its),
-                _bytes(result.peak_vram_bytes), _ratio(result.peak_vram_bytes, reference and reference.peak_vram_bytes),
-                _bytes(result.peak_host_bytes), _ratio(result.peak_host_bytes, reference and reference.peak_host_bytes),
-                "-" if ssim is None else f"{ssim:.4f}", record.verdict,
+                entry["stack"], entry["device"], f"{figures['its']:.2f}", _ratio(figures["its"], reference.get("its")),
+                _bytes(figures["peak_vram_bytes"]), _ratio(figures["peak_vram_bytes"], reference.get("peak_vram_bytes")),
+                _bytes(figures["peak_host_bytes"]), _ratio(figures["peak_host_bytes"], reference.get("peak_host_bytes")),
+                "-" if entry["ssim"] is None else f"{entry['ssim']:.4f}", verdict(entry),
             ]
         rows.append(cells)
     return header, rows
 
 
-def render_table(records: Iterable[RunRecord]) -> list[str]:
-    header, rows = table_rows(records)
+def render_table(entries: Iterable[dict[str, Any]]) -> list[str]:
+    header, rows = table_rows(entries)
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
     numeric = {"it/s", "vs ref", "peak VRAM", "peak host", "SSIM"}
 
@@ -92,11 +98,11 @@ def render_table(records: Iterable[RunRecord]) -> list[str]:
     return [line(header), *(line(row) for row in rows)]
 
 
-def environment_line(records: Iterable[RunRecord]) -> str | None:
+def environment_line(entries: Iterable[dict[str, Any]]) -> str | None:
     """The versions and hardware of the first run, once above the table."""
-    for record in records:
-        if record.result is not None and record.result.env:
-            env = record.result.env
+    for entry in entries:
+        env = entry["env"]
+        if env:
             parts = [f"{name} {env[name]}" for name in ("torch", "diffusers", "transformers") if env.get(name)]
             return f"{', '.join(parts)} on {env.get('device_name', 'unknown device')}"
     return None

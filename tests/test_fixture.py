@@ -14,7 +14,12 @@ def test_every_cpu_stack_draws_an_image_of_the_requested_size(run_sdopt):
             assert result.device == "cpu"
             assert result.its > 0
     """)
-    result.assert_outcomes(passed=len(CPU_STACKS))
+    outcomes = result.parseoutcomes()
+    assert outcomes.get("passed", 0) + outcomes.get("skipped", 0) == len(CPU_STACKS) and "failed" not in outcomes
+    # Only an API this diffusers lacks may skip one (group_offload before diffusers 0.36), never a crash.
+    skips = [line for line in result.stdout.lines if line.startswith("SKIPPED")]
+    assert len(skips) == outcomes.get("skipped", 0)
+    assert all("which this diffusers (" in line and ") lacks" in line for line in skips)
 
 
 def test_compile_runs_on_cpu(run_sdopt):

@@ -1,10 +1,12 @@
+import re
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from pytest_sdopt.errors import SdoptUsageError
 from pytest_sdopt.parsing import (format_bytes, parse_byte_size, parse_float, parse_fraction, parse_image_size, parse_int,
-                                  parse_ssim)
+                                  parse_ssim, parse_threshold)
 
 
 @pytest.mark.parametrize("value, expected", [
@@ -111,3 +113,24 @@ def test_ssim_limits_lie_between_zero_and_one(value):
 def test_bytes_are_shown_in_the_decimal_units_gates_are_written_in(size, text):
     assert format_bytes(size) == text
     assert abs(parse_byte_size(text.replace(" ", ""), "size") - size) <= size * 0.005
+
+
+@pytest.mark.parametrize("text, expected", [("its:5%", ("its", 0.05)), ("vram:5%", ("vram", 0.05)),
+                                            ("host:150%", ("host", 1.5)), (" ssim : 0.02", ("ssim", 0.02))])
+def test_thresholds_name_a_metric_and_its_limit(text, expected):
+    metric, limit = parse_threshold(text)
+    assert (metric, limit) == (expected[0], pytest.approx(expected[1]))
+
+
+@pytest.mark.parametrize("text, message", [
+    ("its", "takes METRIC:LIMIT"), ("speed:5%", "unknown metric 'speed'"), ("its:150%", "between 0% and 100%"),
+    ("ssim:2%", "not a percentage"), ("ssim:1.5", "an SSIM between 0 and 1"), ("vram:-1%", "0% or more"),
+])
+def test_bad_thresholds_say_what_is_wrong(text, message):
+    with pytest.raises(SdoptUsageError, match=re.escape(message)):
+        parse_threshold(text)
+
+
+@given(st.sampled_from(["its", "vram", "host"]), st.integers(min_value=0, max_value=100))
+def test_any_percentage_threshold_round_trips(metric, percent):
+    assert parse_threshold(f"{metric}:{percent}%") == (metric, pytest.approx(percent / 100))

@@ -4,6 +4,7 @@ from types import SimpleNamespace
 
 from pytest_sdopt.checking import CheckedRun
 from pytest_sdopt.gates import GateLimits, GateOutcome, Status
+from pytest_sdopt.report import run_entry
 from pytest_sdopt.scenario import Scenario
 from pytest_sdopt.summary import RunRecord, render_table, table_rows
 
@@ -12,7 +13,8 @@ SCENARIO = Scenario("tiny", "cuda:0", "p", 1, (64, 64), 2, 7.5)
 
 def run(stack, its, vram, host=2 * 10**9, scenario=SCENARIO):
     return SimpleNamespace(stack=stack, its=its, peak_vram_bytes=vram, peak_host_bytes=host, device="cuda:0",
-                           scenario=scenario, env={})
+                           scenario=scenario, env={}, total_s=1.0, peak_vram_reserved_bytes=vram,
+                           peak_device_bytes=None, step_times_s=[[0.1]])
 
 
 def checked(result, *outcomes):
@@ -26,7 +28,7 @@ def test_ratios_are_to_the_reference_run_of_the_same_scenario():
                RunRecord("m::fp16", "fp16", "fp16", result=fast, in_matrix=True,
                          checked=checked(fast, GateOutcome("min_ssim", Status.PASS, value=0.97123))),
                RunRecord("m::bf16", "bf16", "bf16", result=other_scenario, in_matrix=True)]
-    header, rows = table_rows(records)
+    header, rows = table_rows([run_entry(record) for record in records])
     assert header[0] == "stack"  # no test column when every row comes from the matrix
     assert rows[0][2:10] == ["10.00", "1.00x", "8.00 GB", "1.00x", "2.00 GB", "1.00x", "-", "not checked"]
     assert rows[1][2:10] == ["25.00", "2.50x", "4.00 GB", "0.50x", "2.00 GB", "1.00x", "0.9712", "pass"]
@@ -39,11 +41,12 @@ def test_verdicts_name_failed_and_not_applicable_gates_and_skips():
                 GateOutcome("min_ssim", Status.PASS, value=0.99))
     records = [RunRecord("t.py::test[fp16]", "test[fp16]", "fp16", result=result, checked=checked(result, *outcomes)),
                RunRecord("t.py::test[xformers]", "test[xformers]", "xformers", skipped="xformers needs CUDA")]
-    header, rows = table_rows(records)
+    entries = [run_entry(record) for record in records]
+    header, rows = table_rows(entries)
     assert header[:2] == ["test", "stack"]
     assert rows[0][-1] == "FAIL: min_its (n/a: max_vram)"
     assert rows[0][5] == "n/a"  # peak VRAM not measured
     assert rows[1][-1] == "skipped: xformers needs CUDA"
-    lines = render_table(records)
+    lines = render_table(entries)
     assert lines[1].index("FAIL") == lines[0].index("verdict")  # columns line up
     assert lines[0].index("it/s") + len("it/s") == lines[1].index("5.00") + len("5.00")  # numbers right-aligned

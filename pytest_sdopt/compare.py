@@ -1,0 +1,145 @@
+"""Two result sets side by side: what `sdopt compare OLD NEW` prints and decides (no argparse here).
+
+Runs are matched by test node id and stack. A regression is a figure past its threshold, a
+stack that ran before and is missing or skipped now, or gates that held before and fail now.
+Comparing results of different scenarios is refused: their figures do not compare.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from pytest_sdopt.parsing import format_bytes
+
+DEFAULT_THRESHOLDS = {"its": 0.05, "vram": 0.05, "host": 0.10, "ssim": 0.02}
+SCENARIO_FIELDS = ("model", "prompt", "seed", "size", "steps", "guidance")  # not the device
+
+
+class ComparisonError(Exception):
+    """The two result sets cannot be compared; the message says why."""
+
+
+@dataclass
+class StackComparison:
+    nodeid: str
+    stack: str
+    old: dict[str, Any] | None
+    new: dict[str, Any] | None
+    ssim: float | None = None  # old image against new image
+    regressions: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def _key(entry: dict[str, Any]) -> tuple[str, str]:
+    return entry["nodeid"], entry["stack"]
+
+
+def _scenario(entry: dict[str, Any]) -> dict[str, Any] | None:
+    return None if entry["scenario"] is None else {k: entry["scenario"][k] for k in SCENARIO_FIELDS}
+
+
+def _describe(scenario: dict[str, Any]) -> str:
+    size = "x".join(str(v) for v in scenario["size"]) if scenario["size"] else "default size"
+    return f"{scenario['model']}, {size}, {scenario['steps']} steps, seed {scenario['seed']}"
+
+
+def compare_results(old: dict[str, Any], new: dict[str, Any], thresholds: dict[str, float]) -> list[StackComparison]:
+    old_runs = {_key(entry): entry for entry in old["runs"]}
+    new_runs = {_key(entry): entry for entry in new["runs"]}
+    for key in old_runs.keys() & new_runs.keys():
+        before, after = _scenario(old_runs[key]), _scenario(new_runs[key])
+        if before is not None and after is not None and before != after:
+            raise ComparisonError(f"different scenarios compared: {key[1]} ({key[0]}) ran on {_describe(before)} "
+                                  f"in OLD but on {_describe(after)} in NEW. Record both sides with the same "
+                                  f"model, size, steps, seed, prompt and guidance.")
+    keys = list(dict.fromkeys([*old_runs, *new_runs]))
+    return [_compare_one(key, old_runs.get(key), new_runs.get(key), thresholds) for key in keys]
+
+
+def _compare_one(key: tuple[str, str], old: dict[str, Any] | None, new: dict[str, Any] | None,
+                 thresholds: dict[str, float]) -> StackComparison:
+    row = StackComparison(key[0], key[1], old, new)
+    if new is None:
+        row.regressions.append("missing in NEW")
+        return row
+    if old is None:
+        row.notes.append("new in NEW")
+        return row
+    if new["figures"] is None:
+        if old["figures"] is not None:
+            row.regressions.append(f"skipped in NEW: {new['skip_reason']}")
+        else:
+            row.notes.append("skipped on both sides")
+        return row
+    if old["figures"] is None:
+        row.notes.append(f"skipped in OLD: {old['skip_reason']}")
+        return row
+    before, after = old["figures"], new["figures"]
+    if "its" in thresholds and before["its"] > 0:
+        change = after["its"] / before["its"] - 1
+        if change < -thresholds["its"] - 1e-12:
+            row.regressions.append(f"its {change:+.1%} ({before['its']:.2f} -> {after['its']:.2f} it/s; "
+                                   f"limit -{thresholds['its']:.0%})")
+    for metric, field_name, label in (("vram", "peak_vram_bytes", "peak VRAM"), ("host", "peak_host_bytes", "peak host")):
+        if metric in thresholds and before[field_name] and after[field_name] is not None:
+            change = after[field_name] / before[field_name] - 1
+            if change > thresholds[metric] + 1e-12:
+                row.regressions.append(f"{metric} {change:+.1%} ({label} {format_bytes(before[field_name])} -> "
+                                       f"{format_bytes(after[field_name])}; limit +{thresholds[metric]:.0%})")
+    row.ssim = _image_ssim(old, new, row)
+    if row.ssim is not None and "ssim" in thresholds and row.ssim < 1 - thresholds["ssim"] - 1e-12:
+        row.regressions.append(f"ssim {row.ssim:.4f} between the OLD and NEW image (limit >= {1 - thresholds['ssim']:g})")
+    if old["outcome"] == "passed" and new["outcome"] == "failed":
+        failed = ", ".join(g["gate"] for g in new["gates"] if g["status"] == "FAIL")
+        row.regressions.append(f"gates fail in NEW: {failed}")
+    return row
+
+
+def _image_ssim(old: dict[str, Any], new: dict[str, Any], row: StackComparison) -> float | None:
+    from pathlib import Path
+
+    from pytest_sdopt.similarity import ImageSizeMismatch, compare
+
+    paths = [entry["image"] for entry in (old, new)]
+    if not all(path and Path(path).is_file() for path in paths):
+        row.notes.append("no image on both sides (record with --sdopt-json)")
+        return None
+    from PIL import Image
+
+    with Image.open(paths[0]) as before, Image.open(paths[1]) as after:
+        try:
+            return compare(after.convert("RGB"), before.convert("RGB")).ssim
+        except ImageSizeMismatch as exc:
+            row.regressions.append(f"image size changed: {exc}")
+            return None
+
+
+def _change(before: float | None, after: float | None) -> str:
+    if before is None or after is None or not before:
+        return "-"
+    return f"{after / before - 1:+.1%}"
+
+
+def comparison_rows(rows: list[StackComparison]) -> tuple[list[str], list[list[str]]]:
+    header = ["test", "stack", "it/s old", "it/s new", "change", "VRAM old", "VRAM new", "change", "host old",
+              "host new", "change", "SSIM old/new", "verdict"]
+    body = []
+    for row in rows:
+        def figure(entry: dict[str, Any] | None, name: str, kind: str) -> tuple[str, float | None]:
+            value = (entry or {}).get("figures") and entry["figures"].get(name)  # type: ignore[index]
+            if value is None:
+                return "-", None
+            return (f"{value:.2f}" if kind == "its" else format_bytes(value)), value
+
+        cells = [(row.new or row.old or {}).get("test", row.nodeid), row.stack]
+        for name, kind in (("its", "its"), ("peak_vram_bytes", "bytes"), ("peak_host_bytes", "bytes")):
+            (old_text, old_value), (new_text, new_value) = figure(row.old, name, kind), figure(row.new, name, kind)
+            cells += [old_text, new_text, _change(old_value, new_value)]
+        cells.append("-" if row.ssim is None else f"{row.ssim:.4f}")
+        verdict = "REGRESSION: " + "; ".join(row.regressions) if row.regressions else "ok"
+        if row.notes:
+            verdict += f" ({'; '.join(row.notes)})"
+        cells.append(verdict)
+        body.append(cells)
+    return header, body
