@@ -46,9 +46,10 @@ class PlannedRun:
 class Sdopt:
     """What a test gets as `sdopt`. See the README's fixture reference."""
 
-    def __init__(self, session: SdoptSession, node: pytest.Item, in_matrix: bool = False):
+    def __init__(self, session: SdoptSession, node: pytest.Item, in_matrix: bool = False, request: Any = None):
         self._session = session
         self._node = node
+        self._request = request  # the fixture request, to fetch pytest-benchmark's fixture under --sdopt-benchmark
         self._in_matrix = in_matrix
         self._order = _collection_index(node)
         self.results: list[Any] = []  # RunResults of this test, in order
@@ -170,9 +171,16 @@ class Sdopt:
             self._node.user_properties.append((f"sdopt {stack} {name}", "n/a" if value is None else str(value)))
 
     def _unused_benchmark(self) -> Any:
-        """The test's pytest-benchmark fixture, if it requested one and nothing has used it yet."""
+        """The test's pytest-benchmark fixture, if it requested one (or --sdopt-benchmark asks for it)
+        and nothing has used it yet."""
         funcargs = getattr(self._node, "funcargs", {})
         benchmark = funcargs.get("benchmark")
+        if benchmark is None and self._session.settings["benchmark"] and self._request is not None:
+            try:
+                benchmark = self._request.getfixturevalue("benchmark")
+            except pytest.FixtureLookupError:
+                raise SdoptUsageError("--sdopt-benchmark needs pytest-benchmark, which is not installed "
+                                      "(pip install pytest-benchmark).") from None
         if benchmark is None or getattr(benchmark, "disabled", True) or getattr(benchmark, "_mode", None):
             return None
         return benchmark

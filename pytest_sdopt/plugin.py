@@ -124,6 +124,6 @@ def sdopt(request: pytest.FixtureRequest) -> Iterator["Sdopt"]:  # noqa: F821
     sdopt.check(result, **gates), sdopt.baseline(stack)."""
     from pytest_sdopt.fixture import Sdopt
 
-    fixture = Sdopt(request.config.stash[SESSION_KEY], request.node)
+    fixture = Sdopt(request.config.stash[SESSION_KEY], request.node, request=request)
     yield fixture
     fixture.close()

@@ -151,6 +151,8 @@ SETTINGS: tuple[Setting, ...] = (
             kind="session", is_path=True, metavar="PATH"),
     Setting("html", "write a self-contained HTML report of the session to this file", None, _text,
             kind="session", is_path=True, metavar="PATH"),
+    Setting("benchmark", "feed the first sdopt.run of every test to pytest-benchmark, as if it requested "
+            "the benchmark fixture", False, _flag, kind="session", is_flag=True),
     Setting("strict", "fail, instead of skip, a stack that cannot run on this machine", False, _flag,
             kind="session", is_flag=True),
 )

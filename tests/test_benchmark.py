@@ -47,3 +47,13 @@ def test_benchmark_compare_fail_catches_an_injected_slowdown(run_sdopt):
     assert result.ret != 0
     output = result.stdout.str() + result.stderr.str()
     assert "test_speed (0001_unversi) - Field 'mean' has failed PercentageRegressionCheck" in output
+
+
+def test_the_flag_feeds_tests_that_did_not_ask_for_benchmark(run_sdopt, pytester):
+    result = run_sdopt("""
+        def test_plain(sdopt):
+            sdopt.run("fp32", repeats=2, warmup=0)
+    """, "--sdopt-benchmark", "--benchmark-json", "bench.json")
+    result.assert_outcomes(passed=1)
+    benchmark, = json.loads((pytester.path / "bench.json").read_text())["benchmarks"]
+    assert benchmark["name"] == "test_plain" and benchmark["stats"]["rounds"] == 2
