@@ -98,10 +98,17 @@ class BaselineStore:
             return None
         try:
             with Image.open(path) as image:
-                return image.convert("RGB")
-        except (OSError, ValueError) as exc:  # PIL's UnidentifiedImageError is an OSError
+                image.load()  # a truncated file fails here, not later inside SSIM
+                mode = image.mode
+                rgb = image.convert("RGB")
+        except (OSError, ValueError, SyntaxError) as exc:  # PIL's UnidentifiedImageError is an OSError
             raise BaselineError(f"the baseline image {path} cannot be read ({exc}). Restore it from version control, "
                                 f"or record it again with --sdopt-update-baselines.") from None
+        if mode != "RGB":  # sdopt writes RGB only: anything else was put there by hand
+            raise BaselineError(f"the baseline image {path} is in mode {mode!r}, not RGB, so it was not written by "
+                                f"pytest-sdopt. Restore it from version control, or record it again with "
+                                f"--sdopt-update-baselines.")
+        return rgb
 
     def read_metrics(self, scenario: Scenario, stack: str) -> dict[str, dict[str, Any]]:
         """Every fingerprint's metrics for the stack; {} when none are stored."""

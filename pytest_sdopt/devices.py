@@ -2,43 +2,73 @@
 
 from __future__ import annotations
 
+import os
+import re
 from typing import Any
 
 from pytest_sdopt.errors import SdoptUsageError
 
 
-def resolve_device(name: str) -> Any:
+def xdist_worker() -> tuple[int, int] | None:
+    """(this worker's index, the number of workers) under `pytest -n N`; None otherwise."""
+    match = re.fullmatch(r"gw(\d+)", os.environ.get("PYTEST_XDIST_WORKER", ""))
+    count = os.environ.get("PYTEST_XDIST_WORKER_COUNT", "")
+    if not match or not count.isdigit():
+        return None
+    return int(match.group(1)), int(count)
+
+
+def resolve_device(name: str, worker: tuple[int, int] | None = None, share_gpus: bool = False,
+                   cuda: Any = None) -> Any:
     """`auto` -> cuda when available, else cpu; an explicit device must exist here.
 
     An explicitly requested device that is missing is an error, not a skip: a nightly GPU job
-    whose GPU vanished must go red, not quietly skip everything.
+    whose GPU vanished must go red, not quietly skip everything. Under pytest-xdist (`worker`),
+    `auto` and a bare `cuda` pin each worker to its own GPU, so two runs never share one and
+    disturb each other's timings; more workers than GPUs is an error unless `share_gpus`.
+    `cuda` stands in for torch.cuda (tests fake the device count through it).
     """
     import torch
 
+    cuda = cuda or torch.cuda
     text = name.strip().lower()
+    if text in ("auto", "cuda") and worker is not None and worker[1] > 1 and cuda.is_available():
+        return _worker_gpu(worker, cuda.device_count(), share_gpus)
     if text == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device("cuda" if cuda.is_available() else "cpu")
     try:
         device = torch.device(text)
     except (RuntimeError, ValueError):
         raise SdoptUsageError(f"device {name!r} is not a device: use auto, cpu, cuda, cuda:N or mps.") from None
     if device.type == "cuda":
-        if not torch.cuda.is_available():
+        if not cuda.is_available():
             raise SdoptUsageError(
                 f"device {name!r} asks for CUDA, but torch.cuda.is_available() is False here "
                 f"(torch {torch.__version__}). Use --sdopt-device auto or cpu, or install a CUDA build of torch."
             )
-        count = torch.cuda.device_count()
+        count = cuda.device_count()
         if device.index is not None and device.index >= count:
             raise SdoptUsageError(f"device {name!r} does not exist: this machine has {count} CUDA device(s).")
         if device.index is None:
-            device = torch.device("cuda", torch.cuda.current_device())
+            device = torch.device("cuda", cuda.current_device())
     elif device.type == "mps":
         if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
             raise SdoptUsageError(f"device {name!r} asks for MPS, which is not available here. Use auto or cpu.")
     elif device.type != "cpu":
         raise SdoptUsageError(f"device {name!r} is not supported: use auto, cpu, cuda, cuda:N or mps.")
     return device
+
+
+def _worker_gpu(worker: tuple[int, int], gpus: int, share_gpus: bool) -> Any:
+    import torch
+
+    index, workers = worker
+    if workers > gpus and not share_gpus:
+        raise SdoptUsageError(
+            f"pytest -n {workers} started {workers} workers but this machine has {gpus} CUDA device(s): each "
+            f"worker gets a GPU of its own, so that no run's timing is disturbed by another's. Use -n {gpus}, or "
+            f"--sdopt-share-gpus to let workers share GPUs (their speed figures then interfere).")
+    return torch.device("cuda", index % gpus)
 
 
 def synchronize(device: Any) -> None:

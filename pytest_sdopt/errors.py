@@ -22,5 +22,9 @@ class StackUnsupported(Exception):
         self.reason = reason
 
 
+class RunOutOfMemory(Exception):
+    """A run exhausted its device's memory; the message has the peak reached and the ceiling."""
+
+
 class SdoptWarning(UserWarning):
     """Something a test asked for did not happen (gates set on a marker that no check applied)."""

@@ -19,8 +19,8 @@ import pytest
 
 from pytest_sdopt.baselines import Baseline
 from pytest_sdopt.checking import CheckContext, CheckedRun, check_run, update_command
-from pytest_sdopt.devices import resolve_device
-from pytest_sdopt.errors import SdoptUsageError, SdoptWarning, StackUnsupported
+from pytest_sdopt.devices import resolve_device, xdist_worker
+from pytest_sdopt.errors import RunOutOfMemory, SdoptUsageError, SdoptWarning, StackUnsupported
 from pytest_sdopt.memory import return_freed_memory_to_the_os
 from pytest_sdopt.models import ModelSource
 from pytest_sdopt.optimizations import Stack, StackApplyError, parse_stack
@@ -113,7 +113,7 @@ class Sdopt:
         marker = marker_overrides(self._node.iter_markers("sdopt"))
         scenario, measurement = resolve_run(self._session.settings, marker, keyword_overrides(overrides, where))
         source = self._session.model(scenario.model)
-        device = resolve_device(scenario.device)
+        device = resolve_device(scenario.device, xdist_worker(), self._session.settings["share-gpus"])
         scenario = replace(scenario, device=str(device), size=scenario.size or source.default_size,
                            steps=scenario.steps or source.default_steps)
         unmet = parsed.unmet_requirement(device.type)
@@ -143,21 +143,31 @@ class Sdopt:
     # -- internals ----------------------------------------------------------------------
 
     def _run(self, plan: PlannedRun) -> Any:
-        from pytest_sdopt.runner import Runner, run_pipeline
+        import torch
+
+        from pytest_sdopt.runner import Runner
 
         release_memory()  # what an earlier run left must not count in this one's peaks
         pipe = self._build(plan)
+        runner = Runner(pipe, plan.stack, plan.scenario, plan.device, self._session.environment(plan.device))
+        out_of_memory = None
         try:
-            env = self._session.environment(plan.device)
             benchmark = self._unused_benchmark()
             if benchmark is None:
-                result = run_pipeline(pipe, plan.stack, plan.scenario, plan.measurement, plan.device, env)
+                for index in range(plan.measurement.warmup + plan.measurement.repeats):
+                    runner.call(measured=index >= plan.measurement.warmup)
+                result = runner.result()
             else:
-                runner = Runner(pipe, plan.stack, plan.scenario, plan.device, env)
                 result = feed_benchmark(benchmark, runner, plan)
+        except torch.OutOfMemoryError as exc:
+            # Only the text is kept: the exception's frames hold the pipeline's tensors.
+            out_of_memory = str(exc).strip().splitlines()[0] if str(exc).strip() else "out of memory"
         finally:
-            del pipe
+            peaks = dict(runner.peaks)
+            del pipe, runner
             release_memory()
+        if out_of_memory is not None:
+            raise RunOutOfMemory(out_of_memory_message(plan, peaks, out_of_memory))
         self._session.record(RunRecord(self._node.nodeid, self._node.name, result.stack,
                                        reference=self._session.settings["reference"], result=result,
                                        in_matrix=self._in_matrix, order=self._order))
@@ -225,7 +235,7 @@ class Sdopt:
     def _outcomes(self, stack: object) -> Iterator[None]:
         try:
             yield
-        except (SdoptUsageError, StackApplyError) as exc:
+        except (SdoptUsageError, StackApplyError, RunOutOfMemory) as exc:
             pytest.fail(f"sdopt: {exc}", pytrace=False)
         except StackUnsupported as exc:
             message = f"sdopt: stack {str(stack)!r} cannot run here: {exc}"
@@ -248,6 +258,26 @@ def feed_benchmark(benchmark: Any, runner: Any, plan: PlannedRun) -> Any:
                                  "sdopt_peak_vram_bytes": result.peak_vram_bytes,
                                  "sdopt_peak_host_bytes": result.peak_host_bytes, "sdopt_device": result.device})
     return result
+
+
+def out_of_memory_message(plan: PlannedRun, peaks: dict[str, Any], error: str) -> str:
+    """What ran out, how far it got and against which ceiling; memory is already freed."""
+    from pytest_sdopt.parsing import format_bytes
+
+    device = plan.device
+    if device.type == "cuda":
+        import torch
+
+        peak, ceiling = peaks.get("peak_vram_reserved_bytes"), torch.cuda.get_device_properties(device).total_memory
+        what = f"peak VRAM reserved {format_bytes(peak) if peak else 'unknown'} of {format_bytes(ceiling)} on {device}"
+    else:
+        import psutil
+
+        peak, ceiling = peaks.get("peak_host_bytes"), psutil.virtual_memory().total
+        what = f"peak host memory {format_bytes(peak) if peak else 'unknown'} of {format_bytes(ceiling)}"
+    return (f"stack {plan.stack.name!r} ran out of memory ({what}); torch said: {error}. Its memory was "
+            f"freed and the next tests run normally. Try a smaller --sdopt-size, or a stack that saves memory "
+            f"(fp16, vae_tiling, an offload).")
 
 
 def _collection_index(node: Any) -> int:

@@ -125,14 +125,17 @@ class Runner:
         if measured:
             for tracker in self.trackers:
                 tracker.start()
-        with clock.watching(self.pipe):
-            output = self.pipe(**self.kwargs, generator=generator, callback_on_step_end=clock.on_step_end)
-            end = clock.now()
+        try:
+            with clock.watching(self.pipe):
+                output = self.pipe(**self.kwargs, generator=generator, callback_on_step_end=clock.on_step_end)
+                end = clock.now()
+        finally:  # a call that fails (out of memory) still reports the peak it reached
+            if measured:
+                for tracker in self.trackers:
+                    tracker.stop()
+                    for name, value in tracker.peaks().items():
+                        self.peaks[name] = _max(self.peaks.get(name), value)
         if measured:
-            for tracker in self.trackers:
-                tracker.stop()
-                for name, value in tracker.peaks().items():
-                    self.peaks[name] = _max(self.peaks.get(name), value)
             self.step_times.append(clock.step_times())
             self.totals.append(end - clock.call_start)
             self.images = list(output.images)

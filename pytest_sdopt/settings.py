@@ -153,6 +153,8 @@ SETTINGS: tuple[Setting, ...] = (
             kind="session", is_path=True, metavar="PATH"),
     Setting("benchmark", "feed the first sdopt.run of every test to pytest-benchmark, as if it requested "
             "the benchmark fixture", False, _flag, kind="session", is_flag=True),
+    Setting("share-gpus", "under pytest -n, let more workers than GPUs share them (each worker otherwise gets "
+            "a GPU of its own)", False, _flag, kind="session", is_flag=True),
     Setting("strict", "fail, instead of skip, a stack that cannot run on this machine", False, _flag,
             kind="session", is_flag=True),
 )
@@ -189,7 +191,7 @@ class SessionSettings:
 
     @classmethod
     def from_config(cls, config: Any) -> "SessionSettings":
-        values = {}
+        values, given = {}, set()
         ini_dir = Path(config.inipath).parent if config.inipath else Path(config.rootpath)
         for setting in SETTINGS:
             raw, source, base = config.getoption(f"sdopt_{setting.keyword}"), setting.cli, config.invocation_params.dir
@@ -199,10 +201,17 @@ class SessionSettings:
                     values[setting.name] = setting.default
                     continue
             value = setting.parse(raw, source)
+            given.add(setting.name)
             values[setting.name] = (Path(base) / Path(value).expanduser()).resolve() if setting.is_path else value
         root = Path(config.rootpath)
         values["baseline-dir"] = values["baseline-dir"] or root / "baselines"
         values["results-dir"] = values["results-dir"] or root / ".sdopt"
+        # Folders the user named are checked now; defaults only when used (a read-only checkout
+        # running no sdopt test must not fail at start-up).
+        written = {"results-dir", "json", "html"} | ({"baseline-dir"} if values["update-baselines"] else set())
+        for name in sorted(written & given):
+            folder = values[name] if name.endswith("dir") else Path(values[name]).parent
+            _check_writable(folder, BY_NAME[name].cli)
         return cls(values)
 
     def __getitem__(self, name: str) -> Any:
@@ -211,6 +220,21 @@ class SessionSettings:
     def get(self, keyword: str) -> Any:
         """By marker keyword (max_vram) rather than option name (max-vram)."""
         return self.values[BY_KEYWORD[keyword].name]
+
+
+def _check_writable(folder: Path, what: str) -> None:
+    """Fail at start-up, not at the first failed comparison, when a folder sdopt writes cannot be made."""
+    import os
+
+    existing = Path(folder)
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise SdoptUsageError(f"{what} {str(folder)!r} cannot be created: {str(existing)!r} is a file. Choose "
+                              f"another folder.")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise SdoptUsageError(f"{what} {str(folder)!r} is not writable here ({str(existing)!r} is read-only to this "
+                              f"user). Choose a folder you can write, e.g. under the repository.")
 
 
 def marker_overrides(markers: Iterable[Any]) -> dict[str, Any]:

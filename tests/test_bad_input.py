@@ -1,0 +1,109 @@
+"""The bad-input table: each row is a real pytest session with one mistake in it, and the one
+clear message and exit status it must give. None may end in INTERNALERROR or a bare traceback."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.conftest import FAST
+
+USAGE, FAILED = pytest.ExitCode.USAGE_ERROR, pytest.ExitCode.TESTS_FAILED
+
+RUN = "def test_it(sdopt):\n    sdopt.run({stack!r})\n"
+CHECK = "def test_it(sdopt):\n    sdopt.check(sdopt.run('fp32'))\n"
+
+# (id, extra command-line args, test file source, exit status, a line of the message)
+TABLE = [
+    ("unknown stack", (), RUN.format(stack="vae_tilling"), FAILED,
+     "*unknown optimization 'vae_tilling' in stack 'vae_tilling'. Did you mean 'vae_tiling'? Valid names: *"),
+    ("conflicting stack", (), RUN.format(stack="fp16+bf16"), FAILED,
+     "*stack 'fp16+bf16' combines fp16 and bf16, which conflict: both set the precision (fp32, fp16, bf16). "
+     "Keep one of them."),
+    ("byte size in words", ("--sdopt-max-vram", "five gigs"), CHECK, USAGE,
+     "*--sdopt-max-vram must be a byte count such as \"5.1 GB\", \"5100MB\", \"4.75GiB\" or an int of bytes, "
+     "not 'five gigs'."),
+    ("negative byte size", ("--sdopt-max-host-memory=-1GB",), CHECK, USAGE,
+     "*--sdopt-max-host-memory must be a byte count such as*not '-1GB'."),
+    ("zero byte size", (), "import pytest\n@pytest.mark.sdopt(max_vram=0)\n" + CHECK, FAILED,
+     "*@pytest.mark.sdopt(max_vram=...) must be more than zero bytes, not 0."),
+    ("min_ssim above 1", ("--sdopt-min-ssim", "1.5"), CHECK, USAGE,
+     "*--sdopt-min-ssim must be an SSIM between 0 and 1 (1: identical images), not '1.5'."),
+    ("min_ssim below 0 in a check", (), "def test_it(sdopt):\n    sdopt.check(sdopt.run('fp32'), min_ssim=-0.1)\n",
+     FAILED, "*sdopt.check(min_ssim=...) must be an SSIM between 0 and 1 (1: identical images), not -0.1."),
+    ("size not WxH", ("--sdopt-size", "100x"), CHECK, USAGE,
+     "*--sdopt-size must be WIDTHxHEIGHT such as 512x512, not '100x'."),
+    ("size not a multiple of 8", ("--sdopt-size", "60x64"), CHECK, USAGE,
+     "*--sdopt-size 60x64 is not usable: width and height must be positive multiples of 8*"),
+    ("zero steps", ("--sdopt-steps", "0"), CHECK, USAGE, "*--sdopt-steps must be a whole number >= 1, not 0."),
+    ("missing model folder", ("--sdopt-model", "./no-such-model"), CHECK, FAILED,
+     "*model './no-such-model' is neither 'tiny' (embedded), 'sd15-random', an existing diffusers folder, nor a hub "
+     "id*"),
+    ("hub id not cached", ("--sdopt-model", "nobody/no-such-model"), CHECK, FAILED,
+     "*model 'nobody/no-such-model' is not in the local Hugging Face cache*"),
+    ("unknown marker keyword", (), "import pytest\n@pytest.mark.sdopt(max_ram='1GB')\n" + CHECK, FAILED,
+     "*@pytest.mark.sdopt got an unknown keyword 'max_ram'. Valid keywords: *"),
+    ("results dir under a file", ("--sdopt-results-dir", "a-file/results"), CHECK, USAGE,
+     "*--sdopt-results-dir '*a-file/results' cannot be created: '*a-file' is a file. Choose another folder."),
+    ("unknown matrix stack", ("--sdopt-matrix=fp32,bf17",), CHECK, USAGE,
+     "*--sdopt-matrix: unknown optimization 'bf17' in stack 'bf17'. Did you mean 'bf16'?*"),
+]
+
+
+@pytest.mark.parametrize("args, source, status, message", [row[1:] for row in TABLE], ids=[row[0] for row in TABLE])
+def test_bad_input(pytester, monkeypatch, args, source, status, message):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(pytester.path / "hf-home"))  # an empty cache
+    (pytester.path / "a-file").write_text("not a folder")
+    pytester.makepyfile(test_bad=source)
+    result = pytester.runpytest("-p", "pytest_sdopt", "-W", "ignore::pytest.PytestAssertRewriteWarning", *FAST, *args)
+    assert result.ret == status
+    output = result.stdout.lines + result.stderr.lines
+    pytester_lines = pytest.LineMatcher(output)
+    pytester_lines.fnmatch_lines([message])
+    text = "\n".join(output)
+    assert "INTERNALERROR" not in text and "Traceback" not in text
+
+
+def test_a_folder_that_is_not_a_pipeline(pytester, tmp_path):
+    (tmp_path / "empty").mkdir()
+    pytester.makepyfile(test_bad=CHECK)
+    result = pytester.runpytest("-p", "pytest_sdopt", *FAST, "--sdopt-model", str(tmp_path / "empty"))
+    assert result.ret == FAILED
+    result.stdout.fnmatch_lines(["*sdopt: model folder '*empty' is not a diffusers pipeline: it has no "
+                                 "model_index.json. Point --sdopt-model at the folder that `save_pretrained()` wrote."])
+
+
+def _recorded(pytester) -> Path:
+    pytester.makepyfile(test_bad=CHECK)
+    pytester.runpytest("-p", "pytest_sdopt", *FAST, "--sdopt-update-baselines").assert_outcomes(passed=1)
+    return next((pytester.path / "baselines").rglob("fp32.png"))
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda p: p.write_bytes(b"\x89PNG\r\n\x1a\n garbage"), "*the baseline image *fp32.png cannot be read*"),
+    (lambda p: p.write_bytes(p.read_bytes()[: len(p.read_bytes()) // 2]), "*the baseline image *fp32.png cannot be read*"),
+    (lambda p: Image.new("L", (64, 64)).save(p), "*the baseline image *fp32.png is in mode 'L', not RGB*"),
+    (lambda p: Image.new("RGB", (64, 32)).save(p), "*the baseline image is 64x32 but this run drew 64x64*"),
+    (lambda p: p.with_suffix(".json").write_text("{oops"), "*the stored metrics *fp32.json cannot be read*"),
+], ids=["corrupt png", "truncated png", "wrong mode", "wrong size", "corrupt metrics"])
+def test_damaged_baselines_fail_the_test_and_name_the_repair(pytester, damage, message):
+    damage(_recorded(pytester))
+    result = pytester.runpytest("-p", "pytest_sdopt", *FAST)
+    assert result.ret == FAILED
+    result.stdout.fnmatch_lines([message])
+    assert "INTERNALERROR" not in result.stdout.str() and "Traceback" not in result.stdout.str()
+
+
+def test_a_read_only_folder_is_refused_at_start_up(tmp_path, monkeypatch):
+    """Run as root, permissions do not stop a write, so the check's answer is faked at os.access."""
+    import os
+
+    from pytest_sdopt.errors import SdoptUsageError
+    from pytest_sdopt.settings import _check_writable
+
+    monkeypatch.setattr(os, "access", lambda path, mode: False)
+    with pytest.raises(SdoptUsageError, match=r"--sdopt-json '.*out' is not writable here \('.*' is read-only to "
+                                              r"this user\)\. Choose a folder you can write"):
+        _check_writable(tmp_path / "out", "--sdopt-json")
