@@ -68,7 +68,8 @@ def _compare_one(key: tuple[str, str], old: dict[str, Any] | None, new: dict[str
         return row
     if new["figures"] is None:
         if old["figures"] is not None:
-            row.regressions.append(f"skipped in NEW: {new['skip_reason']}")
+            why = f"skipped in NEW: {new['skip_reason']}" if new["outcome"] == "skipped" else f"failed in NEW: {new['note']}"
+            row.regressions.append(why)
         else:
             row.notes.append("skipped on both sides")
         return row

@@ -167,6 +167,9 @@ class Sdopt:
             del pipe, runner
             release_memory()
         if out_of_memory is not None:
+            self._session.record(RunRecord(self._node.nodeid, self._node.name, plan.stack.name,
+                                           in_matrix=self._in_matrix, order=self._order,
+                                           error=f"out of memory ({out_of_memory})"))
             raise RunOutOfMemory(out_of_memory_message(plan, peaks, out_of_memory))
         self._session.record(RunRecord(self._node.nodeid, self._node.name, result.stack,
                                        reference=self._session.settings["reference"], result=result,
@@ -268,13 +271,16 @@ def out_of_memory_message(plan: PlannedRun, peaks: dict[str, Any], error: str) -
     if device.type == "cuda":
         import torch
 
-        peak, ceiling = peaks.get("peak_vram_reserved_bytes"), torch.cuda.get_device_properties(device).total_memory
-        what = f"peak VRAM reserved {format_bytes(peak) if peak else 'unknown'} of {format_bytes(ceiling)} on {device}"
+        # a warm-up call is not tracked: then the allocator's own high-water mark is the figure
+        peak = peaks.get("peak_vram_reserved_bytes") or torch.cuda.max_memory_reserved(device)
+        ceiling = torch.cuda.get_device_properties(device).total_memory
+        what = f"peak VRAM reserved {format_bytes(peak)} of {format_bytes(ceiling)} on {device}"
     else:
         import psutil
 
-        peak, ceiling = peaks.get("peak_host_bytes"), psutil.virtual_memory().total
-        what = f"peak host memory {format_bytes(peak) if peak else 'unknown'} of {format_bytes(ceiling)}"
+        peak = peaks.get("peak_host_bytes") or psutil.Process().memory_info().rss
+        ceiling = psutil.virtual_memory().total
+        what = f"peak host memory {format_bytes(peak)} of {format_bytes(ceiling)}"
     return (f"stack {plan.stack.name!r} ran out of memory ({what}); torch said: {error}. Its memory was "
             f"freed and the next tests run normally. Try a smaller --sdopt-size, or a stack that saves memory "
             f"(fp16, vae_tiling, an offload).")

@@ -26,6 +26,8 @@ class ResultsError(Exception):
 
 
 def outcome_of(record: Any) -> str:
+    if record.error is not None:
+        return "failed"
     if record.skipped is not None:
         return "skipped"
     if record.checked is None:
@@ -45,7 +47,7 @@ def run_entry(record: Any, images_dir: Path | None = None, reference_image: Path
         "order": record.order,
         "outcome": outcome_of(record),
         "skip_reason": record.skipped,
-        "note": record.note,
+        "note": record.error or record.note,
         "device": result.device if result is not None else None,
         "scenario": None,
         "figures": None,

@@ -29,6 +29,7 @@ class RunRecord:
     in_matrix: bool = False
     note: str | None = None  # why a run was made that no test checks (the reference, recorded)
     order: int = 0  # the test's place in the session's collection
+    error: str | None = None  # the run itself failed (out of memory): no figures, a failed outcome
 
 
 def verdict(entry: dict[str, Any]) -> str:
@@ -36,6 +37,8 @@ def verdict(entry: dict[str, Any]) -> str:
         return f"skipped: {entry['skip_reason']}"
     if entry["outcome"] == "unchecked":
         return entry["note"] or "not checked"
+    if entry["outcome"] == "failed" and entry["figures"] is None:
+        return f"FAIL: {entry['note']}"
     failed = list(dict.fromkeys(g["gate"] for g in entry["gates"] if g["status"] == "FAIL"))
     not_applicable = sorted({g["gate"] for g in entry["gates"] if g["status"] == "n/a"})
     text = f"FAIL: {', '.join(failed)}" if failed else "pass"

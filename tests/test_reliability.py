@@ -34,6 +34,9 @@ def test_out_of_memory_fails_its_own_test_frees_everything_and_the_next_test_run
         "sdopt: stack 'fp32' ran out of memory (peak host memory * MB of * GB); torch said: CUDA out of memory. "
         "Tried to allocate 20.00 GiB. Its memory was freed and the next tests run normally.*"])
     assert "Traceback" not in result.stdout.str() and "INTERNALERROR" not in result.stdout.str()
+    # the table and the results say so too
+    result.stdout.fnmatch_lines(["test_a_stack_too_big * fp32 * FAIL: out of memory (CUDA out of memory. Tried to "
+                                 "allocate 20.00 GiB)"])
 
 
 def test_stacks_give_the_same_images_in_either_order(run_sdopt):
