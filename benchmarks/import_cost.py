@@ -1,0 +1,51 @@
+"""What installing pytest-sdopt costs a repo's test runs that use none of it (issue 7, item 3).
+
+`pytest --co -q` on a project with no sdopt tests, with the plugin loaded (autoload) and with it
+blocked (`-p no:pytest_sdopt`), interleaved so both see the same machine load. Prints the median
+of each and their ratio against the target (<= 1.05: the plugin must not import torch).
+
+    .venv/bin/python benchmarks/import_cost.py [--rounds 15]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+TARGET = 1.05
+
+
+def timed(args: list[str], cwd: Path) -> float:
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "pytest", "--co", "-q", "-p", "no:cacheprovider", *args], cwd=cwd,
+                   check=True, capture_output=True)
+    return time.perf_counter() - start
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=15)
+    rounds = parser.parse_args().rounds
+    with tempfile.TemporaryDirectory() as folder:
+        project = Path(folder)
+        (project / "test_plain.py").write_text("def test_one():\n    assert True\n")
+        timed([], project)  # warm the file system cache once
+        loaded, blocked = [], []
+        for _ in range(rounds):
+            loaded.append(timed([], project))
+            blocked.append(timed(["-p", "no:pytest_sdopt"], project))
+    with_plugin, without = statistics.median(loaded), statistics.median(blocked)
+    ratio = with_plugin / without
+    verdict = "pass" if ratio <= TARGET else "FAIL"
+    print(f"pytest --co -q, median of {rounds}: with pytest-sdopt {with_plugin:.3f} s, without {without:.3f} s")
+    print(f"import cost ratio {ratio:.3f}  (target <= {TARGET})  {verdict}")
+    return 0 if verdict == "pass" else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
