@@ -145,7 +145,7 @@ class Sdopt:
     def _run(self, plan: PlannedRun) -> Any:
         import torch
 
-        from pytest_sdopt.runner import Runner
+        from pytest_sdopt.runner import Runner, drive
 
         release_memory()  # what an earlier run left must not count in this one's peaks
         pipe = self._build(plan)
@@ -154,9 +154,7 @@ class Sdopt:
         try:
             benchmark = self._unused_benchmark()
             if benchmark is None:
-                for index in range(plan.measurement.warmup + plan.measurement.repeats):
-                    runner.call(measured=index >= plan.measurement.warmup)
-                result = runner.result()
+                result = drive(runner, plan.measurement)
             else:
                 result = feed_benchmark(benchmark, runner, plan)
         except torch.OutOfMemoryError as exc:

@@ -157,7 +157,11 @@ class Runner:
 
 def run_pipeline(pipe: Any, stack: Stack, scenario: Scenario, measurement: Measurement, device: Any,
                  env: dict[str, Any]) -> RunResult:
-    runner = Runner(pipe, stack, scenario, device, env)
+    return drive(Runner(pipe, stack, scenario, device, env), measurement)
+
+
+def drive(runner: Runner, measurement: Measurement) -> RunResult:
+    """Warm-ups, then measured repeats, of one runner."""
     for index in range(measurement.warmup + measurement.repeats):
         runner.call(measured=index >= measurement.warmup)
     return runner.result()
