@@ -17,6 +17,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from findings import Finding, render
+
 TARGET = 1.05
 
 
@@ -27,10 +29,7 @@ def timed(args: list[str], cwd: Path) -> float:
     return time.perf_counter() - start
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=15)
-    rounds = parser.parse_args().rounds
+def measure(rounds: int = 15) -> tuple[list[Finding], list[str]]:
     with tempfile.TemporaryDirectory() as folder:
         project = Path(folder)
         (project / "test_plain.py").write_text("def test_one():\n    assert True\n")
@@ -41,10 +40,17 @@ def main() -> int:
             blocked.append(timed(["-p", "no:pytest_sdopt"], project))
     with_plugin, without = statistics.median(loaded), statistics.median(blocked)
     ratio = with_plugin / without
-    verdict = "pass" if ratio <= TARGET else "FAIL"
-    print(f"pytest --co -q, median of {rounds}: with pytest-sdopt {with_plugin:.3f} s, without {without:.3f} s")
-    print(f"import cost ratio {ratio:.3f}  (target <= {TARGET})  {verdict}")
-    return 0 if verdict == "pass" else 1
+    line = f"pytest --co -q, median of {rounds}: with pytest-sdopt {with_plugin:.3f} s, without {without:.3f} s"
+    return [Finding("import cost (pytest --co, no sdopt tests)", f"{ratio:.3f}", f"<= {TARGET}", ratio <= TARGET,
+                    "benchmarks/import_cost.py")], [line]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=15)
+    findings, lines = measure(parser.parse_args().rounds)
+    print("\n".join(lines + render(findings)))
+    return 0 if all(f.passed for f in findings) else 1
 
 
 if __name__ == "__main__":

@@ -52,7 +52,7 @@ def main() -> None:
         if unmet is not None:
             print(f"{stack.name:<26}  skipped: {unmet}")
             continue
-        pipe = source.load("cpu" if stack.places_pipeline else device)
+        pipe = source.load()
         stack.apply(pipe, device)
         result = run_pipeline(pipe, stack, scenario, Measurement(args.repeats, args.warmup), device, env)
         reference_s = reference_s or (result.total_s if stack.name == "fp32" else None)

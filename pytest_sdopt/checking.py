@@ -17,6 +17,7 @@ from typing import Any, Callable, Sequence
 from pytest_sdopt import gates
 from pytest_sdopt.baselines import BaselineStore, fingerprint
 from pytest_sdopt.gates import GateLimits, GateOutcome, ReferenceComparison, StoredMetrics
+from pytest_sdopt.parsing import shown
 from pytest_sdopt.similarity import ImageSizeMismatch, compare, write_artifacts
 
 UPDATE_FLAG = "--sdopt-update-baselines"
@@ -97,14 +98,6 @@ def compare_with_reference(result: Any, limits: GateLimits, context: CheckContex
         return ReferenceComparison(reference, similarity.ssim)
     artifacts = write_artifacts(folder, result.image, baseline, similarity)
     return ReferenceComparison(reference, similarity.ssim, artifacts=tuple((label, shown(Path(p))) for label, p in artifacts))
-
-
-def shown(path: Path, base: Path | None = None) -> str:
-    """A path relative to `base` (the working directory) when it lies inside it: short enough to paste."""
-    try:
-        return str(Path(path).resolve().relative_to(Path(base or Path.cwd()).resolve()))
-    except ValueError:
-        return str(path)
 
 
 def update_command(invocation_args: Sequence[str], positional_args: Sequence[str], select: str | None) -> str:

@@ -4,12 +4,22 @@
 its `load(device)` returns a fresh pipeline every call, so no state from one stack (hooks,
 patches, dtypes) can leak into the next. Weights load from safetensors only: a pickle can
 run code, so a folder that has only `.bin` / `.ckpt` / `.pt` weights is refused.
+
+Loading fresh is cheap because the weights stay in memory between stacks, outside the
+process: safetensors files are memory-mapped, so after the first load every later one reads
+the OS page cache (0.08 s for `tiny`, 0.14 s for SD 1.5 on the 2-core CI machine). The page
+cache is not the process's memory, so it adds nothing to the host peaks sdopt measures; only
+the pages a live pipeline maps count, and those are its weights. `sd15-random` has no files,
+so it is built once (seeded, on the CPU) and saved under the results folder; building it
+again for every stack took 15 s each on that machine.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
+import shutil
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,17 +42,25 @@ class ModelSource:
     folder: Path | None = None  # where from_pretrained reads it (None for sd15-random)
     default_size: tuple[int, int] | None = None  # None: the pipeline's own default
     default_steps: int | None = None
+    cache: Path | None = None  # sd15-random: where its weights are saved once (None: built every load)
 
-    def load(self, device: Any) -> Any:
-        """A new pipeline in float32. sd15-random is built directly on `device`; others load on CPU."""
+    def load(self) -> Any:
+        """A new float32 pipeline on the CPU; the stack moves it where it runs."""
         if self.kind == "sd15-random":
-            return _build_sd15_random(device)
+            from pytest_sdopt.architectures import SD15
+
+            if self.cache is None:
+                return _build_random(SD15, "cpu")
+            return _load_folder(materialize(SD15, self.cache), self.name)
         assert self.folder is not None
         return _load_folder(self.folder, self.name)
 
 
-def resolve_model(text: str) -> ModelSource:
-    """Check a model name and say where it comes from; torch-free, so it runs at configure time."""
+def resolve_model(text: str, cache: Path | None = None) -> ModelSource:
+    """Check a model name and say where it comes from; torch-free, so it runs at configure time.
+
+    `cache`: the folder where models without files (sd15-random) are saved once.
+    """
     spec = text.strip()
     if spec == "tiny":
         facts = json.loads((TINY_DIR / "sdopt_model.json").read_text(encoding="utf-8"))
@@ -50,7 +68,7 @@ def resolve_model(text: str) -> ModelSource:
     if spec == "sd15-random":
         from pytest_sdopt.architectures import SD15
 
-        return ModelSource("sd15-random", "sd15-random", None, SD15.default_size, SD15.default_steps)
+        return ModelSource("sd15-random", "sd15-random", None, SD15.default_size, SD15.default_steps, cache=cache)
     path = Path(spec).expanduser()
     if path.exists():
         return ModelSource(spec, "folder", _checked_folder(path, spec), _folder_default_size(path))
@@ -148,17 +166,43 @@ def _quiet_progress_bars() -> Iterator[None]:
             library.enable_progress_bar()
 
 
-def _build_sd15_random(device: Any) -> Any:
-    """SD 1.5's architecture with seeded random weights, created on `device` (no download)."""
+def materialize(arch: Any, cache: Path, seed: int = 0) -> Path:
+    """The folder holding `arch` with seeded random weights, built and saved the first time.
+
+    Built on the CPU whatever the device: CUDA's generator draws other numbers than the CPU's,
+    and every stack (offloads start from CPU weights) must see the same model. Keyed by the
+    library versions that decide the weights; older folders of the same architecture are
+    removed, so the cache holds one copy. A file lock lets pytest-xdist workers share it.
+    """
+    from importlib import metadata
+
+    from filelock import FileLock
+
+    versions = "-".join(f"{name}{metadata.version(name).split('+')[0]}" for name in ("torch", "diffusers", "transformers"))
+    folder = Path(cache) / f"{arch.name}-seed{seed}-{versions}"
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(folder.parent / f".{arch.name}.lock")):
+        if not (folder / "model_index.json").is_file():
+            for stale in folder.parent.glob(f"{arch.name}-seed{seed}-*"):
+                shutil.rmtree(stale, ignore_errors=True)
+            building = folder.with_name(f".{folder.name}.partial")
+            shutil.rmtree(building, ignore_errors=True)
+            _build_random(arch, "cpu", seed).save_pretrained(building, safe_serialization=True)
+            os.replace(building, folder)  # a crash mid-save leaves only the .partial folder behind
+    return folder
+
+
+def _build_random(arch: Any, device: Any, seed: int = 0) -> Any:
+    """`arch` with seeded random weights, created on `device` (no download)."""
     from diffusers import StableDiffusionPipeline
     from transformers import CLIPTokenizer
 
-    from pytest_sdopt.architectures import SD15, build_components
+    from pytest_sdopt.architectures import build_components
 
     tokenizer = CLIPTokenizer.from_pretrained(TINY_DIR / "tokenizer")
     ids = {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
            "pad_token_id": tokenizer.pad_token_id}
-    parts = build_components(SD15, seed=0, device=device, special_token_ids=ids)
+    with _quiet_progress_bars():
+        parts = build_components(arch, seed=seed, device=device, special_token_ids=ids)
     return StableDiffusionPipeline(**parts, tokenizer=tokenizer, safety_checker=None, feature_extractor=None,
                                    requires_safety_checker=False)
-

@@ -20,6 +20,7 @@ from enum import IntEnum
 from typing import Any, Callable
 
 from pytest_sdopt.errors import SdoptUsageError, StackUnsupported
+from pytest_sdopt.settings import REFERENCE  # the default reference stack, named once
 
 
 class Phase(IntEnum):
@@ -266,7 +267,6 @@ _SPECS = (
 
 REGISTRY: dict[str, OptimizationSpec] = {spec.name: spec for spec in _SPECS}
 _ORDER = {name: index for index, name in enumerate(REGISTRY)}
-REFERENCE = "fp32"
 
 
 @dataclass(frozen=True)

@@ -159,3 +159,13 @@ def parse_threshold(text: object, what: str = "--fail") -> tuple[str, float]:
                                   f"not a percentage.")
         return metric, parse_ssim(limit, f"{what} {text!r}")
     return metric, parse_fraction(limit, f"{what} {text!r}", maximum=1.0 if metric == "its" else None)
+
+
+def shown(path: "Path | str", base: "Path | str | None" = None) -> str:
+    """A path relative to `base` (the working directory) when it lies inside it: short enough to paste."""
+    from pathlib import Path
+
+    try:
+        return str(Path(path).resolve().relative_to(Path(base or Path.cwd()).resolve()))
+    except ValueError:
+        return str(path)

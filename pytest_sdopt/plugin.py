@@ -1,22 +1,37 @@
 """pytest hooks only: each hands off to the plain objects in the other modules.
 
 Loaded by `pytest -p pytest_sdopt` or the pytest11 entry point (both under the name
-`pytest_sdopt`, so it is never registered twice). Importing it does not import torch.
+`pytest_sdopt`, so it is never registered twice). pytest loads it in every session of a repo
+where it is installed, so the import stays small (settings and option parsing only, no torch):
+the session object and everything behind it are created by the first hook that needs them.
+Measured by benchmarks/import_cost.py.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import pytest
 
 from pytest_sdopt.errors import SdoptUsageError
-from pytest_sdopt.session import SdoptSession
 from pytest_sdopt.settings import MARKER_KEYWORDS, SessionSettings, add_options
-from pytest_sdopt.summary import environment_line, render_table
 
-SESSION_KEY = pytest.StashKey[SdoptSession]()
+if TYPE_CHECKING:
+    from pytest_sdopt.session import SdoptSession
+
+SETTINGS_KEY = pytest.StashKey[SessionSettings]()
+SESSION_KEY = pytest.StashKey["SdoptSession"]()
+
+
+def sdopt_session(config: pytest.Config) -> "SdoptSession":
+    """The session's SdoptSession, made on first use (a session with no sdopt tests never makes one)."""
+    session = config.stash.get(SESSION_KEY, None)
+    if session is None:
+        from pytest_sdopt.session import SdoptSession
+
+        session = config.stash[SESSION_KEY] = SdoptSession(config.stash[SETTINGS_KEY])
+    return session
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -32,55 +47,58 @@ def pytest_configure(config: pytest.Config) -> None:
         settings = SessionSettings.from_config(config)
     except SdoptUsageError as exc:
         raise pytest.UsageError(f"pytest-sdopt: {exc}") from None
-    config.stash[SESSION_KEY] = SdoptSession(settings)
+    config.stash[SETTINGS_KEY] = settings
 
 
 def pytest_report_header(config: pytest.Config) -> str | None:
-    session = config.stash.get(SESSION_KEY, None)
-    if session is None:
+    values = config.stash.get(SETTINGS_KEY, None)
+    if values is None:
         return None
-    values = session.settings
-    header = f"sdopt: model={values['model']} device={values['device']} baselines={_shown(config, session.store.root)}"
+    header = f"sdopt: model={values['model']} device={values['device']} baselines={_shown(config, values['baseline-dir'])}"
     return header + (" (updating)" if values["update-baselines"] else "")
 
 
 def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
     """`--sdopt-matrix` with no paths given runs the matrix alone, not the repo's whole test suite."""
-    session = config.stash.get(SESSION_KEY, None)
-    if session is not None and session.settings["matrix"] and config.args_source != pytest.Config.ArgsSource.ARGS:
+    settings = config.stash.get(SETTINGS_KEY, None)
+    if settings is not None and settings["matrix"] and config.args_source != pytest.Config.ArgsSource.ARGS:
         return True
     return None
 
 
 @pytest.hookimpl(tryfirst=True)  # before -k / -m deselection, which then applies to the matrix too
 def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
-    sdopt_session = config.stash.get(SESSION_KEY, None)
-    if sdopt_session is not None and sdopt_session.settings["matrix"]:
+    settings = config.stash.get(SETTINGS_KEY, None)
+    if settings is not None and settings["matrix"]:
         from pytest_sdopt.matrix import matrix_items
 
-        items.extend(matrix_items(session, sdopt_session))
+        items.extend(matrix_items(session, sdopt_session(config)))
 
 
 @pytest.hookimpl(optionalhook=True)  # a pytest-xdist hook: absent without xdist, and that is fine
 def pytest_testnodedown(node: object, error: object) -> None:
     """Controller: collect a worker's runs, so one table, one JSON and one report cover them all."""
-    session = node.config.stash.get(SESSION_KEY, None)  # type: ignore[attr-defined]
+    config = node.config  # type: ignore[attr-defined]
     output = getattr(node, "workeroutput", None) or {}
-    if session is not None and output.get("sdopt_entries"):
-        session.worker_entries.extend(output["sdopt_entries"])
+    if SETTINGS_KEY in config.stash and output.get("sdopt_entries"):
+        sdopt_session(config).worker_entries.extend(output["sdopt_entries"])
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
-    sdopt_session = session.config.stash.get(SESSION_KEY, None)
-    if sdopt_session is None:
+    config = session.config
+    settings = config.stash.get(SETTINGS_KEY, None)
+    if settings is None:
         return
-    workeroutput = getattr(session.config, "workeroutput", None)
+    workeroutput = getattr(config, "workeroutput", None)
     if workeroutput is not None:  # an xdist worker: hand the runs to the controller, write nothing
-        workeroutput["sdopt_entries"] = sdopt_session.entries()
+        if SESSION_KEY in config.stash:
+            workeroutput["sdopt_entries"] = config.stash[SESSION_KEY].entries()
         return
+    if SESSION_KEY not in config.stash and not (settings["json"] or settings["html"]):
+        return  # no sdopt test ran and no report was asked for
     from pytest_sdopt.sinks import write_reports
 
-    write_reports(sdopt_session, version=_version())
+    write_reports(sdopt_session(config), version=_version())
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:
@@ -90,6 +108,8 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: p
     entries = session.entries()
     if not entries:
         return
+    from pytest_sdopt.summary import environment_line, render_table
+
     terminalreporter.write_sep("=", "sdopt")
     environment = environment_line(entries)
     if environment:
@@ -113,7 +133,7 @@ def _version() -> str:
 
 
 def _shown(config: pytest.Config, path: Path) -> str:
-    from pytest_sdopt.checking import shown
+    from pytest_sdopt.parsing import shown
 
     return shown(path, config.invocation_params.dir) + "/"
 
@@ -124,6 +144,6 @@ def sdopt(request: pytest.FixtureRequest) -> Iterator["Sdopt"]:  # noqa: F821
     sdopt.check(result, **gates), sdopt.baseline(stack)."""
     from pytest_sdopt.fixture import Sdopt
 
-    fixture = Sdopt(request.config.stash[SESSION_KEY], request.node, request=request)
+    fixture = Sdopt(sdopt_session(request.config), request.node, request=request)
     yield fixture
     fixture.close()

@@ -19,6 +19,7 @@ from typing import Any, Iterable
 SCHEMA_VERSION = 1
 SCHEMA_FILE = Path(__file__).resolve().parent / "results.schema.json"
 FIGURES = ("its", "total_s", "peak_vram_bytes", "peak_vram_reserved_bytes", "peak_device_bytes", "peak_host_bytes")
+TIMINGS = ("best_its", "warmup_s", "call_s")  # optional in the schema: files written before they existed lack them
 
 
 class ResultsError(Exception):
@@ -62,7 +63,9 @@ def run_entry(record: Any, images_dir: Path | None = None, reference_image: Path
         return entry
     scenario = asdict(result.scenario)
     scenario["size"] = list(scenario["size"]) if scenario["size"] else None
-    entry.update(scenario=scenario, figures={name: getattr(result, name) for name in FIGURES},
+    figures = {name: getattr(result, name) for name in FIGURES + TIMINGS}
+    figures["settled_s"] = result.settled.seconds
+    entry.update(scenario=scenario, figures=figures,
                  step_times_s=result.step_times_s, env=dict(result.env))
     if record.checked is not None:
         entry["ssim"] = record.checked.ssim

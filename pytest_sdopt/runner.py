@@ -18,6 +18,7 @@ from pytest_sdopt.devices import synchronize
 from pytest_sdopt.memory import trackers_for
 from pytest_sdopt.optimizations import Stack
 from pytest_sdopt.scenario import Measurement, Scenario
+from pytest_sdopt.speed import Settled, best_its
 
 TEXT_ENCODERS = ("text_encoder", "text_encoder_2", "text_encoder_3")
 
@@ -39,10 +40,18 @@ class RunResult:
     peak_vram_reserved_bytes: int | None = None  # CUDA allocator reserved peak
     peak_device_bytes: int | None = None  # the process's device memory through NVML
     peak_host_bytes: int | None = None  # the process's peak RSS during a measured run
+    warmup_s: list[float] = field(default_factory=list)  # seconds of each unmeasured warm-up call
+    call_s: list[float] = field(default_factory=list)  # seconds of each measured call
+    settled: Settled = field(default_factory=Settled)  # extra measured calls made by --sdopt-settle
 
     @property
     def image(self) -> Any:
         return self.images[0]
+
+    @property
+    def best_its(self) -> float:
+        """The best measured call's steps per second (see speed.py): what max_its_drop compares."""
+        return best_its(self.step_times_s)
 
 
 class StepClock:
@@ -112,6 +121,9 @@ class Runner:
         self.totals: list[float] = []
         self.images: list[Any] = []
         self.peaks: dict[str, int | None] = {}
+        self.warmups: list[float] = []
+        self.measuring_since: float | None = None  # time.monotonic() when the first measured call began
+        self.settled = Settled()
 
     def call(self, measured: bool) -> None:
         import torch
@@ -122,6 +134,8 @@ class Runner:
         # A CPU generator draws the same initial latents on every device.
         generator = torch.Generator("cpu").manual_seed(self.scenario.seed)
         clock = StepClock(self.device)
+        if measured and self.measuring_since is None:
+            self.measuring_since = time.monotonic()
         if measured:
             for tracker in self.trackers:
                 tracker.start()
@@ -139,6 +153,11 @@ class Runner:
             self.step_times.append(clock.step_times())
             self.totals.append(end - clock.call_start)
             self.images = list(output.images)
+        else:
+            self.warmups.append(end - clock.call_start)
+
+    def best_its(self) -> float:
+        return best_its(self.step_times)
 
     def result(self) -> RunResult:
         rates = [len(times) / sum(times) for times in self.step_times if times and sum(times) > 0]
@@ -151,6 +170,9 @@ class Runner:
             total_s=statistics.median(self.totals),
             device=str(self.device),
             env=self.env,
+            warmup_s=list(self.warmups),
+            call_s=list(self.totals),
+            settled=self.settled,
             **self.peaks,
         )
 

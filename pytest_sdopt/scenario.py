@@ -27,7 +27,9 @@ class Scenario:
 
 @dataclass(frozen=True)
 class Measurement:
-    """How many runs: unmeasured warm-ups first, then measured repeats."""
+    """How many runs: unmeasured warm-ups first, then measured repeats, then (settle_s > 0) more
+    measured runs while settling the speed figure (see speed.py)."""
 
     repeats: int
     warmup: int
+    settle_s: float = 0.0

@@ -33,7 +33,7 @@ class SdoptSession:
         """Resolve a model name once per session (a bad name fails every test that uses it)."""
         if name not in self._models:
             try:
-                self._models[name] = resolve_model(name)
+                self._models[name] = resolve_model(name, cache=self.results_dir / "models")
             except SdoptUsageError as exc:
                 self._models[name] = exc
         found = self._models[name]

@@ -4,21 +4,24 @@ Precedence (DESIGN §2): `sdopt.run()` / `sdopt.check()` keyword > `@pytest.mark
 command line > ini > default. `SessionSettings` resolves the command line and ini once per
 session; `resolve_run` and `resolve_gates` layer the marker and keyword overrides on top.
 A gate set to `None` (or "off" on the command line / in ini) is switched off at that layer.
-Nothing here imports torch.
+Nothing here imports torch, and the module imports little else: pytest loads it in every
+session of a repo that has the plugin installed, sdopt tests or not (benchmarks/import_cost.py).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
 
 from pytest_sdopt.errors import SdoptUsageError
-from pytest_sdopt.gates import OFF, GateLimits
-from pytest_sdopt.optimizations import REFERENCE, parse_stack
 from pytest_sdopt.parsing import parse_byte_size, parse_float, parse_fraction, parse_image_size, parse_int, parse_ssim
-from pytest_sdopt.scenario import Measurement, Scenario
 
+if TYPE_CHECKING:
+    from pytest_sdopt.gates import GateLimits
+    from pytest_sdopt.scenario import Measurement, Scenario
+
+REFERENCE = "fp32"  # the default reference stack; optimizations.py names the same one
 DEFAULT_PROMPT = "high resolution, a photograph of an astronaut riding a horse"
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
@@ -50,6 +53,16 @@ def _flag(value: object, what: str) -> bool:
     raise SdoptUsageError(f"{what} must be true or false, not {value!r}.")
 
 
+class _Off:
+    """A gate switched off at some settings layer (None in a marker, "off" on the command line)."""
+
+    def __repr__(self) -> str:
+        return "off"
+
+
+OFF = _Off()
+
+
 def _switchable(parse: Callable[[object, str], Any]) -> Callable[[object, str], Any]:
     """A gate's parser that also accepts None (in a marker or keyword) or "off" to switch it off."""
     def parse_gate(value: object, what: str) -> Any:
@@ -61,6 +74,8 @@ def _switchable(parse: Callable[[object, str], Any]) -> Callable[[object, str], 
 
 
 def _stack_name(value: object, what: str) -> str:
+    from pytest_sdopt.optimizations import parse_stack
+
     try:
         return parse_stack(value).name
     except SdoptUsageError as exc:
@@ -122,6 +137,9 @@ SETTINGS: tuple[Setting, ...] = (
             kind="measurement", metavar="N"),
     Setting("warmup", "unmeasured warm-up runs per stack (default 1)", 1, lambda v, w: parse_int(v, w, 0),
             kind="measurement", metavar="N"),
+    Setting("settle", "seconds of re-measuring on a noisy machine: a check that would fail max-its-drop re-measures "
+            "up to this long first; a recording measures twice this long and keeps the best run (default 0)",
+            0.0, lambda v, w: parse_float(v, w, 0.0), kind="measurement", metavar="SECONDS"),
     # gates: None means "not set here"; OFF means switched off at this layer
     Setting("max-vram", "gate: ceiling on the CUDA allocator's peak, e.g. 5.1GB (off by default)", None,
             _switchable(lambda v, w: parse_byte_size(v, w)), kind="gate", metavar="SIZE"),
@@ -263,13 +281,15 @@ def keyword_overrides(kwargs: Mapping[str, Any], where: str, valid: tuple[str, .
 
 
 def resolve_run(session: SessionSettings, marker: Mapping[str, Any],
-                keywords: Mapping[str, Any]) -> tuple[Scenario, Measurement]:
+                keywords: Mapping[str, Any]) -> tuple["Scenario", "Measurement"]:
     """Layer keyword > marker > session (command line > ini > default) into a scenario and measurement."""
+    from pytest_sdopt.scenario import Measurement, Scenario
+
     def pick(name: str) -> Any:
         return _layered(name, session, marker, keywords)
 
     scenario = Scenario(**{name: pick(name) for name in SCENARIO_KEYS})
-    return scenario, Measurement(repeats=pick("repeats"), warmup=pick("warmup"))
+    return scenario, Measurement(repeats=pick("repeats"), warmup=pick("warmup"), settle_s=pick("settle"))
 
 
 # A CPU run's speed varies far more between processes than a GPU's: on a shared 2-core machine
@@ -279,10 +299,12 @@ DEFAULT_ITS_DROP_ELSEWHERE = 0.25
 
 
 def resolve_gates(session: SessionSettings, marker: Mapping[str, Any], keywords: Mapping[str, Any],
-                  default_min_ssim: float, device_type: str) -> GateLimits:
+                  default_min_ssim: float, device_type: str) -> "GateLimits":
     """Layer the gates the same way; min_ssim falls back to the stack's registry default and
     max_its_drop to the device's. Returns the limits with switched-off gates as None.
     """
+    from pytest_sdopt.gates import GateLimits
+
     limits = {name: _layered(name, session, marker, keywords) for name in GATE_KEYWORDS}
     if limits["min_ssim"] is None:
         limits["min_ssim"] = default_min_ssim

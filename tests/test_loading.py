@@ -1,5 +1,6 @@
 """How the plugin is loaded: -p and autoload, never twice, and never importing torch up front."""
 
+import json
 import subprocess
 import sys
 
@@ -33,16 +34,29 @@ def test_autoload_alone_loads_it_and_disabling_autoload_leaves_it_out(pytester, 
     assert "--sdopt-model" not in pytester.runpytest_subprocess("--help").stdout.str()
 
 
-def test_a_session_without_sdopt_tests_never_imports_torch(pytester):
+# What a repo with the plugin installed pays in every session: the hooks, the settings table
+# and option parsing. The rest is imported by the first hook that needs it.
+LOADED_UP_FRONT = ["pytest_sdopt", "pytest_sdopt.errors", "pytest_sdopt.parsing", "pytest_sdopt.plugin",
+                   "pytest_sdopt.settings"]
+
+
+@pytest.mark.parametrize("report", [(), ("--sdopt-json", "results.json")])
+def test_a_session_without_sdopt_tests_imports_only_the_plugins_front(pytester, report):
     pytester.makeconftest("""
         import sys
 
-        def pytest_sessionfinish(session):
+        def pytest_unconfigure(config):
             with open("imported.txt", "w") as out:
-                out.write(" ".join(m for m in ("torch", "diffusers") if m in sys.modules))
+                out.write(" ".join(sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "diffusers",
+                                                                                        "pytest_sdopt"))))
     """)
     pytester.makepyfile("def test_plain():\n    assert 1 + 1 == 2\n")
-    result = pytester.runpytest_subprocess("-p", "pytest_sdopt")
+    result = pytester.runpytest_subprocess("-p", "pytest_sdopt", *report)
     result.assert_outcomes(passed=1)
-    assert (pytester.path / "imported.txt").read_text() == ""
+    imported = (pytester.path / "imported.txt").read_text().split()
+    assert not [name for name in imported if name.split(".")[0] in ("torch", "diffusers")]
+    if report:  # asked for a report: it is written (empty), which needs the report modules but still no torch
+        assert json.loads((pytester.path / "results.json").read_text())["runs"] == []
+    else:
+        assert imported == LOADED_UP_FRONT
     result.stdout.fnmatch_lines(["sdopt: model=tiny device=auto baselines=baselines/"])  # the report header

@@ -121,7 +121,7 @@ def test_a_run_reports_host_peaks_that_see_what_the_call_allocated():
     scenario = Scenario("tiny", "cpu", "a red circle", 1, (64, 64), 2, 7.5)
     results = []
     for wrap in (lambda pipe: pipe, Hungry):
-        pipe = resolve_model("tiny").load("cpu")
+        pipe = resolve_model("tiny").load()
         stack.apply(pipe, torch.device("cpu"))
         results.append(run_pipeline(wrap(pipe), stack, scenario, Measurement(1, 0), torch.device("cpu"), {}))
     plain, hungry = results

@@ -110,3 +110,31 @@ def test_the_script_regenerates_the_embedded_model_exactly(tmp_path):
     for relative, digest in made["sha256"].items():
         assert hashlib.sha256((tmp_path / relative).read_bytes()).hexdigest() == digest, relative
         assert hashlib.sha256((TINY_DIR / relative).read_bytes()).hexdigest() == digest, relative
+
+
+def test_a_random_model_is_built_once_then_loaded_from_its_saved_weights(tmp_path, monkeypatch):
+    """sd15-random's path, on the tiny architecture: built on the CPU, saved, then every load reads the files."""
+    import torch
+
+    from pytest_sdopt import models
+    from pytest_sdopt.architectures import TINY
+
+    stale = tmp_path / "tiny-seed0-torch1.0-diffusers0.1-transformers4.0"
+    stale.mkdir()  # another version's copy: replaced, so the cache holds one
+    folder = models.materialize(TINY, tmp_path)
+    assert (folder / "model_index.json").is_file() and not stale.exists()
+    assert not list(tmp_path.glob(".*partial"))
+    assert not list(folder.rglob("*.bin")), "safetensors only"
+
+    def no_second_build(*args, **kwargs):
+        raise AssertionError("built again although the saved weights exist")
+
+    monkeypatch.setattr(models, "_build_random", no_second_build)
+    assert models.materialize(TINY, tmp_path) == folder
+    first, second = models._load_folder(folder, "x"), models._load_folder(folder, "x")
+    assert first.unet is not second.unet  # a fresh pipeline each time: no shared state between stacks
+    for name, weight in first.unet.state_dict().items():
+        assert torch.equal(weight, second.unet.state_dict()[name]), name
+    monkeypatch.undo()
+    built = models._build_random(TINY, "cpu")  # the same seed on the CPU draws the same weights
+    assert torch.equal(built.unet.conv_in.weight, first.unet.conv_in.weight)

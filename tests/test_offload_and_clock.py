@@ -17,8 +17,8 @@ def _draw(pipe):
 
 
 def test_unet_resident_offload_moves_only_the_idle_parts_and_changes_no_pixel():
-    reference = _draw(resolve_model("tiny").load("cpu"))
-    pipe = resolve_model("tiny").load("cpu")
+    reference = _draw(resolve_model("tiny").load())
+    pipe = resolve_model("tiny").load()
     moves = []
     for name in ("unet", "text_encoder", "vae"):
         module = getattr(pipe, name)

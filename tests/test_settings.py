@@ -150,7 +150,7 @@ def _session(**values):
 
 
 def test_gate_defaults_come_from_the_stack_and_the_device():
-    from pytest_sdopt.gates import OFF
+    from pytest_sdopt.settings import OFF
     from pytest_sdopt.settings import resolve_gates
 
     cuda = resolve_gates(_session(), {}, {}, 0.8, "cuda")

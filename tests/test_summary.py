@@ -6,6 +6,7 @@ from pytest_sdopt.checking import CheckedRun
 from pytest_sdopt.gates import GateLimits, GateOutcome, Status
 from pytest_sdopt.report import run_entry
 from pytest_sdopt.scenario import Scenario
+from pytest_sdopt.speed import Settled
 from pytest_sdopt.summary import RunRecord, render_table, table_rows
 
 SCENARIO = Scenario("tiny", "cuda:0", "p", 1, (64, 64), 2, 7.5)
@@ -14,7 +15,8 @@ SCENARIO = Scenario("tiny", "cuda:0", "p", 1, (64, 64), 2, 7.5)
 def run(stack, its, vram, host=2 * 10**9, scenario=SCENARIO):
     return SimpleNamespace(stack=stack, its=its, peak_vram_bytes=vram, peak_host_bytes=host, device="cuda:0",
                            scenario=scenario, env={}, total_s=1.0, peak_vram_reserved_bytes=vram,
-                           peak_device_bytes=None, step_times_s=[[0.1]])
+                           peak_device_bytes=None, step_times_s=[[0.1]], best_its=its, warmup_s=[1.0],
+                           call_s=[1.0], settled=Settled())
 
 
 def checked(result, *outcomes):

@@ -1,0 +1,54 @@
+"""What every benchmark returns: a measured ratio, its target, and whether it met it.
+
+Benchmarks print ratios measured side by side in one run, never absolute times compared with
+another day's: the figures only mean something next to each other.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+PYTHON = sys.executable
+
+
+@dataclass(frozen=True)
+class Finding:
+    item: str  # what was measured
+    measured: str  # the figure, formatted
+    target: str  # e.g. "<= 1.03"
+    passed: bool
+    command: str  # what reproduces it on its own
+
+    @property
+    def verdict(self) -> str:
+        return "pass" if self.passed else "FAIL"
+
+
+def render(findings: list[Finding]) -> list[str]:
+    """A plain-text table, the same one the README's Performance section quotes."""
+    rows = [("item", "measured", "target", "verdict")] + [(f.item, f.measured, f.target, f.verdict) for f in findings]
+    widths = [max(len(row[column]) for row in rows) for column in range(4)]
+    return ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
+
+
+def timed_child(args: list[str], cwd: Path | None = None, env: dict[str, str] | None = None) -> tuple[float, str]:
+    """Wall seconds of a child process, and its output; a failing child stops the benchmark loudly."""
+    start = time.perf_counter()
+    done = subprocess.run(args, cwd=cwd, env={**os.environ, **(env or {})}, capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    if done.returncode not in (0, 1):  # 1: tests failed, which some benchmarks expect
+        raise RuntimeError(f"{' '.join(args)} exited {done.returncode}:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
+    return wall, done.stdout + done.stderr
+
+
+def on_path() -> None:
+    """Let a benchmark run as a plain script from a checkout: the repo and this folder importable."""
+    for folder in (REPO, Path(__file__).resolve().parent):
+        if str(folder) not in sys.path:
+            sys.path.insert(0, str(folder))

@@ -1,0 +1,108 @@
+#!/usr/bin/env python
+"""Memory accuracy (issue 7, item 5): the host peak sdopt reports vs the operating system's own.
+
+Two child processes per stack load the model, apply the stack, and draw one warm-up and one
+measured image. One measures through sdopt's Runner and prints the peak its HostMemoryTracker
+reports. The other is a bare script, and the parent reads its lifetime peak RSS from the kernel
+(`os.wait4`, the figure `/usr/bin/time -v` shows as "Maximum resident set size"). They have to be
+two processes: sdopt resets the kernel's high-water mark before a run (/proc/self/clear_refs),
+which also lowers what wait4 reports for that process, so asking the same process would be
+circular. The run is each child's largest moment, so the figures must agree: target within 5%.
+On CUDA the bare child also reports `torch.cuda.max_memory_allocated` of its call, against
+sdopt's VRAM peak: target within 2%.
+
+    .venv/bin/python benchmarks/memory_accuracy.py [--stacks fp32,fp16,bf16,vae_tiling,tome,group_offload]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
+from findings import PYTHON, REPO, Finding, render
+
+HOST_TARGET = 0.05
+VRAM_TARGET = 0.02
+CHILD = r"""
+import json, sys, torch
+from pytest_sdopt.devices import resolve_device
+from pytest_sdopt.models import resolve_model
+from pytest_sdopt.optimizations import parse_stack
+from pytest_sdopt.runner import Runner, call_kwargs
+from pytest_sdopt.scenario import Scenario
+from pytest_sdopt.settings import DEFAULT_PROMPT
+
+model, stack_name, mode = sys.argv[1:4]
+source, stack, device = resolve_model(model), parse_stack(stack_name), resolve_device("auto")
+scenario = Scenario(model, str(device), DEFAULT_PROMPT, 1, source.default_size, source.default_steps, 7.5)
+pipe = source.load()
+stack.apply(pipe, device)
+out = {"host": None, "vram": None}
+if mode == "sdopt":
+    runner = Runner(pipe, stack, scenario, device, {})
+    runner.call(measured=False)
+    runner.call(measured=True)
+    out = {"host": runner.peaks.get("peak_host_bytes"), "vram": runner.peaks.get("peak_vram_bytes")}
+else:  # what a user's own script does, measured the way they would
+    for measured in (False, True):
+        torch.manual_seed(scenario.seed)
+        stack.before_each_call(pipe)
+        if measured and device.type == "cuda":
+            torch.cuda.synchronize(device); torch.cuda.empty_cache(); torch.cuda.reset_peak_memory_stats(device)
+        pipe(**call_kwargs(scenario), generator=torch.Generator("cpu").manual_seed(scenario.seed))
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        out["vram"] = torch.cuda.max_memory_allocated(device)
+print("SDOPT-MEMORY " + json.dumps(out))
+"""
+
+
+def child_peaks(model: str, stack: str, mode: str) -> tuple[dict, int]:
+    """What the child printed, and its lifetime peak RSS in bytes from the kernel."""
+    with tempfile.TemporaryFile("w+") as output:
+        child = subprocess.Popen([PYTHON, "-c", CHILD, model, stack, mode], cwd=REPO, stdout=output,
+                                 stderr=subprocess.STDOUT, text=True)
+        _, status, usage = os.wait4(child.pid, 0)
+        child.returncode = os.waitstatus_to_exitcode(status)
+        output.seek(0)
+        text = output.read()
+    lines = [line for line in text.splitlines() if line.startswith("SDOPT-MEMORY ")]
+    if child.returncode != 0 or not lines:
+        raise RuntimeError(f"the {stack} child ({mode}) failed ({child.returncode}):\n{text[-3000:]}")
+    return json.loads(lines[-1].split(" ", 1)[1]), usage.ru_maxrss * 1024  # Linux reports KiB
+
+
+def measure(stacks: str = "fp32,fp16,bf16,vae_tiling,tome,group_offload", model: str = "tiny") -> tuple[list[Finding], list[str]]:
+    findings, details = [], []
+    for stack in stacks.split(","):
+        reported, _ = child_peaks(model, stack, "sdopt")
+        bare, os_peak = child_peaks(model, stack, "bare")
+        error = reported["host"] / os_peak - 1
+        details.append(f"  {stack}: sdopt reports {reported['host'] / 1e6:.1f} MB; the bare run's ru_maxrss is "
+                       f"{os_peak / 1e6:.1f} MB")
+        findings.append(Finding(f"host peak vs OS ({stack})", f"{error:+.1%}", f"within {HOST_TARGET:.0%}",
+                                abs(error) <= HOST_TARGET, f"benchmarks/memory_accuracy.py --stacks {stack}"))
+        if bare["vram"]:
+            vram_error = reported["vram"] / bare["vram"] - 1
+            findings.append(Finding(f"VRAM peak vs max_memory_allocated ({stack})", f"{vram_error:+.1%}",
+                                    f"within {VRAM_TARGET:.0%}", abs(vram_error) <= VRAM_TARGET,
+                                    f"benchmarks/memory_accuracy.py --stacks {stack}"))
+    return findings, details
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--stacks", default="fp32,fp16,bf16,vae_tiling,tome,group_offload")
+    parser.add_argument("--model", default="tiny")
+    args = parser.parse_args()
+    findings, details = measure(args.stacks, args.model)
+    print("\n".join(details + render(findings)))
+    return 0 if all(f.passed for f in findings) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,94 @@
+#!/usr/bin/env python
+"""Timing overhead (issue 7, item 1): the seconds per image sdopt reports vs a bare diffusers call.
+
+For each stack this machine can run, one pipeline is built and then called in interleaved pairs:
+a measured call through sdopt's Runner (the step clock, the forward hook, the memory trackers,
+what `sdopt.run` does) and a bare `pipe(...)` with the same prompt, size, steps, guidance and
+seeded generator, timed around the call. Each pair alternates which goes first, so a drift of the
+machine hits both alike. The ratio is the median of the per-pair ratios; the target is <= 1.03.
+
+    .venv/bin/python benchmarks/overhead.py [--pairs 7] [--stacks fp32,tome]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+
+from findings import Finding, on_path, render
+
+TARGET = 1.03
+
+
+def measure(pairs: int = 7, stacks: str | None = None, model: str = "tiny") -> list[Finding]:
+    on_path()
+    import torch
+
+    from pytest_sdopt.devices import resolve_device
+    from pytest_sdopt.environment import describe
+    from pytest_sdopt.fixture import release_memory, watch
+    from pytest_sdopt.models import resolve_model
+    from pytest_sdopt.optimizations import REGISTRY, parse_stack
+    from pytest_sdopt.runner import Runner, call_kwargs
+    from pytest_sdopt.scenario import Scenario
+    from pytest_sdopt.settings import DEFAULT_PROMPT
+
+    source = resolve_model(model)
+    device = resolve_device("auto")
+    scenario = Scenario(model, str(device), DEFAULT_PROMPT, 1, source.default_size, source.default_steps, 7.5)
+    env = describe(device)
+    findings = []
+    for name in (stacks.split(",") if stacks else list(REGISTRY)):
+        stack = parse_stack(name)
+        if stack.unmet_requirement(device.type) is not None:
+            continue
+        pipe = source.load()
+        stack.apply(pipe, device)
+        runner = Runner(pipe, stack, scenario, device, env)
+        kwargs = call_kwargs(scenario)
+
+        def bare() -> float:
+            torch.manual_seed(scenario.seed)
+            stack.before_each_call(pipe)
+            generator = torch.Generator("cpu").manual_seed(scenario.seed)
+            start = time.perf_counter()
+            pipe(**kwargs, generator=generator)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            return time.perf_counter() - start
+
+        runner.call(measured=False)  # warm-ups (compilation, caches) for both ways of calling
+        bare()
+        ratios = []
+        for index in range(pairs):
+            if index % 2:
+                runner.call(measured=True)
+                bare_s = bare()
+            else:
+                bare_s = bare()
+                runner.call(measured=True)
+            ratios.append(runner.totals[-1] / bare_s)
+        ratio = statistics.median(ratios)
+        findings.append(Finding(f"overhead {stack.name}", f"{ratio:.3f}", f"<= {TARGET}", ratio <= TARGET,
+                                f"benchmarks/overhead.py --stacks {stack.name}"))
+        watched = watch(pipe)
+        del pipe, runner
+        release_memory(watched)
+    return findings
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--pairs", type=int, default=7)
+    parser.add_argument("--stacks", default=None, help="comma-separated (default: every stack this machine runs)")
+    parser.add_argument("--model", default="tiny")
+    args = parser.parse_args()
+    findings = measure(args.pairs, args.stacks, args.model)
+    print("\n".join(render(findings)))
+    return 0 if all(f.passed for f in findings) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
