@@ -6,11 +6,12 @@ another day's: the figures only mean something next to each other.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -35,6 +36,23 @@ def render(findings: list[Finding]) -> list[str]:
     rows = [("item", "measured", "target", "verdict")] + [(f.item, f.measured, f.target, f.verdict) for f in findings]
     widths = [max(len(row[column]) for row in rows) for column in range(4)]
     return ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
+
+
+def add_findings_option(parser) -> None:
+    parser.add_argument("--findings-json", default=None, help="also write the findings here (benchmarks/run.py reads it)")
+
+
+def finish(findings: list[Finding], notes: list[str], findings_json: str | None) -> int:
+    """Print the notes and the table; write them for run.py when asked. Exit status 1 when a target is missed."""
+    print("\n".join([*notes, *render(findings)]))
+    if findings_json:
+        Path(findings_json).write_text(json.dumps({"findings": [asdict(f) for f in findings], "notes": notes}))
+    return 0 if all(f.passed for f in findings) else 1
+
+
+def load_findings(path: Path) -> tuple[list[Finding], list[str]]:
+    document = json.loads(Path(path).read_text())
+    return [Finding(**found) for found in document["findings"]], document["notes"]
 
 
 def timed_child(args: list[str], cwd: Path | None = None, env: dict[str, str] | None = None) -> tuple[float, str]:

@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from findings import Finding, render
+from findings import Finding, add_findings_option, finish
 
 TARGET = 1.05
 
@@ -48,9 +48,9 @@ def measure(rounds: int = 15) -> tuple[list[Finding], list[str]]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=15)
-    findings, lines = measure(parser.parse_args().rounds)
-    print("\n".join(lines + render(findings)))
-    return 0 if all(f.passed for f in findings) else 1
+    add_findings_option(parser)
+    args = parser.parse_args()
+    return finish(*measure(args.rounds), args.findings_json)
 
 
 if __name__ == "__main__":

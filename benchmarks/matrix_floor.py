@@ -18,7 +18,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from findings import PYTHON, REPO, Finding, render, timed_child
+from findings import PYTHON, REPO, Finding, add_findings_option, finish, timed_child
 
 TARGET = 1.25
 START = "import torch, diffusers"
@@ -59,10 +59,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="tiny")
     parser.add_argument("--rounds", type=int, default=3, help="interpreter starts and loads timed (median)")
-    args, extra = parser.parse_known_args()
-    findings, breakdown = measure(args.model, args.rounds, extra)
-    print("\n".join(breakdown + render(findings)))
-    return 0 if all(f.passed for f in findings) else 1
+    add_findings_option(parser)
+    args, extra = parser.parse_known_args()  # the rest goes to pytest
+    return finish(*measure(args.model, args.rounds, extra), args.findings_json)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,8 @@
 Two child processes per stack load the model, apply the stack, and draw one warm-up and one
 measured image. One measures through sdopt's Runner and prints the peak its HostMemoryTracker
 reports. The other is a bare script, and the parent reads its lifetime peak RSS from the kernel
-(`os.wait4`, the figure `/usr/bin/time -v` shows as "Maximum resident set size"). They have to be
+(`os.wait4` in a small launcher, the figure `/usr/bin/time -v` shows as "Maximum resident set
+size"). They have to be
 two processes: sdopt resets the kernel's high-water mark before a run (/proc/self/clear_refs),
 which also lowers what wait4 reports for that process, so asking the same process would be
 circular. The run is each child's largest moment, so the figures must agree: target within 5%.
@@ -18,12 +19,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
-import tempfile
 
-from findings import PYTHON, REPO, Finding, render
+from findings import PYTHON, REPO, Finding, add_findings_option, finish
 
 HOST_TARGET = 0.05
 VRAM_TARGET = 0.02
@@ -61,19 +60,27 @@ print("SDOPT-MEMORY " + json.dumps(out))
 """
 
 
+# The kernel's figure for a child starts from its parent's resident size at the fork (Linux keeps
+# the larger across exec). A small launcher process forks the child, so the figure is the child's own
+# whatever process runs this benchmark.
+LAUNCHER = r"""
+import os, subprocess, sys
+child = subprocess.Popen(sys.argv[1:])
+_, status, usage = os.wait4(child.pid, 0)
+print(f"SDOPT-MAXRSS {os.waitstatus_to_exitcode(status)} {usage.ru_maxrss * 1024}", flush=True)
+"""
+
+
 def child_peaks(model: str, stack: str, mode: str) -> tuple[dict, int]:
     """What the child printed, and its lifetime peak RSS in bytes from the kernel."""
-    with tempfile.TemporaryFile("w+") as output:
-        child = subprocess.Popen([PYTHON, "-c", CHILD, model, stack, mode], cwd=REPO, stdout=output,
-                                 stderr=subprocess.STDOUT, text=True)
-        _, status, usage = os.wait4(child.pid, 0)
-        child.returncode = os.waitstatus_to_exitcode(status)
-        output.seek(0)
-        text = output.read()
-    lines = [line for line in text.splitlines() if line.startswith("SDOPT-MEMORY ")]
-    if child.returncode != 0 or not lines:
-        raise RuntimeError(f"the {stack} child ({mode}) failed ({child.returncode}):\n{text[-3000:]}")
-    return json.loads(lines[-1].split(" ", 1)[1]), usage.ru_maxrss * 1024  # Linux reports KiB
+    done = subprocess.run([PYTHON, "-c", LAUNCHER, PYTHON, "-c", CHILD, model, stack, mode], cwd=REPO,
+                          capture_output=True, text=True)
+    text = done.stdout + done.stderr
+    memory = [line for line in text.splitlines() if line.startswith("SDOPT-MEMORY ")]
+    maxrss = [line.split() for line in text.splitlines() if line.startswith("SDOPT-MAXRSS ")]
+    if done.returncode != 0 or not memory or not maxrss or maxrss[-1][1] != "0":
+        raise RuntimeError(f"the {stack} child ({mode}) failed:\n{text[-3000:]}")
+    return json.loads(memory[-1].split(" ", 1)[1]), int(maxrss[-1][2])
 
 
 def measure(stacks: str = "fp32,fp16,bf16,vae_tiling,tome,group_offload", model: str = "tiny") -> tuple[list[Finding], list[str]]:
@@ -98,10 +105,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--stacks", default="fp32,fp16,bf16,vae_tiling,tome,group_offload")
     parser.add_argument("--model", default="tiny")
+    add_findings_option(parser)
     args = parser.parse_args()
-    findings, details = measure(args.stacks, args.model)
-    print("\n".join(details + render(findings)))
-    return 0 if all(f.passed for f in findings) else 1
+    return finish(*measure(args.stacks, args.model), args.findings_json)
 
 
 if __name__ == "__main__":

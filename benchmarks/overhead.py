@@ -7,7 +7,7 @@ what `sdopt.run` does) and a bare `pipe(...)` with the same prompt, size, steps,
 seeded generator, timed around the call. Each pair alternates which goes first, so a drift of the
 machine hits both alike. The ratio is the median of the per-pair ratios; the target is <= 1.03.
 
-    .venv/bin/python benchmarks/overhead.py [--pairs 7] [--stacks fp32,tome]
+    .venv/bin/python benchmarks/overhead.py [--pairs 9] [--stacks fp32,tome]
 """
 
 from __future__ import annotations
@@ -17,12 +17,12 @@ import statistics
 import sys
 import time
 
-from findings import Finding, on_path, render
+from findings import Finding, add_findings_option, finish, on_path
 
 TARGET = 1.03
 
 
-def measure(pairs: int = 7, stacks: str | None = None, model: str = "tiny") -> list[Finding]:
+def measure(pairs: int = 9, stacks: str | None = None, model: str = "tiny") -> list[Finding]:
     on_path()
     import torch
 
@@ -81,13 +81,12 @@ def measure(pairs: int = 7, stacks: str | None = None, model: str = "tiny") -> l
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--pairs", type=int, default=7)
+    parser.add_argument("--pairs", type=int, default=9)
     parser.add_argument("--stacks", default=None, help="comma-separated (default: every stack this machine runs)")
     parser.add_argument("--model", default="tiny")
+    add_findings_option(parser)
     args = parser.parse_args()
-    findings = measure(args.pairs, args.stacks, args.model)
-    print("\n".join(render(findings)))
-    return 0 if all(f.passed for f in findings) else 1
+    return finish(measure(args.pairs, args.stacks, args.model), [], args.findings_json)
 
 
 if __name__ == "__main__":

@@ -3,66 +3,70 @@
 
     .venv/bin/python benchmarks/run.py [--only overhead,matrix,import,memory,speed] [--quick]
 
-Takes about 25 minutes on the 2-core CI machine, most of it the speed gate's 21 sessions
-(the recording settles for 120 s, and each slowed check re-measures for its full 60 s before it
-fails, as it should). `--quick` runs
-fewer pairs, rounds and sessions for a smoke test; its figures are not the published ones.
-Exit status 1 when any target is missed. The README's Performance section quotes this table.
+Each part runs in a process of its own, so none inherits another's imports, caches or memory
+(a child's peak RSS as the kernel reports it even includes its parent's at the fork). Takes
+about 25 minutes on the 2-core CI machine, most of it the speed gate's 21 sessions (the
+recording settles for 120 s, and each slowed check re-measures for its full 60 s before it
+fails, as it should). `--quick` runs fewer pairs, rounds and sessions for a smoke test; its
+figures are not the published ones. Exit status 1 when any target is missed. The README's
+Performance section quotes this table.
 """
 
 from __future__ import annotations
 
 import argparse
 import platform
+import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
-import import_cost
-import matrix_floor
-import memory_accuracy
-import overhead
-import speed_gate
-from findings import Finding, render
+from findings import PYTHON, Finding, load_findings, render
 
-PARTS = ("overhead", "matrix", "import", "memory", "speed")
+HERE = Path(__file__).resolve().parent
+PARTS = {  # name: (script, arguments, --quick arguments)
+    "overhead": ("overhead.py", ["--pairs", "9"], ["--pairs", "3"]),
+    "matrix": ("matrix_floor.py", ["--rounds", "3"], ["--rounds", "1"]),
+    "import": ("import_cost.py", ["--rounds", "15"], ["--rounds", "3"]),
+    "memory": ("memory_accuracy.py", [], ["--stacks", "fp32"]),
+    "speed": ("speed_gate.py", ["--runs", "10", "--settle", "60"], ["--runs", "2", "--settle", "10"]),
+}
+TAKES_MODEL = ("overhead", "matrix", "memory")
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", default=",".join(PARTS), help=f"comma-separated subset of {', '.join(PARTS)}")
     parser.add_argument("--quick", action="store_true", help="a smoke test: fewer repeats, figures not comparable")
-    parser.add_argument("--model", default="tiny", help="for the overhead and matrix figures (sd15-random on a GPU)")
+    parser.add_argument("--model", default="tiny", help="for the overhead, matrix and memory figures (sd15-random on a GPU)")
     args = parser.parse_args()
     parts = [part.strip() for part in args.only.split(",")]
     unknown = sorted(set(parts) - set(PARTS))
     if unknown:
         parser.error(f"unknown part(s) {', '.join(unknown)}; choose from {', '.join(PARTS)}")
-    quick = args.quick
     started = time.perf_counter()
     findings: list[Finding] = []
     notes: list[str] = []
-
-    def report(name: str, got: list[Finding], lines: list[str] = ()) -> None:
-        findings.extend(got)
-        notes.extend(lines)
-        print(f"[{time.perf_counter() - started:6.0f} s] {name}: " + ", ".join(f"{f.measured} {f.verdict}" for f in got),
-              flush=True)
-
-    if "overhead" in parts:
-        report("overhead", overhead.measure(pairs=3 if quick else 9, model=args.model))
-    if "matrix" in parts:
-        report("matrix floor", *matrix_floor.measure(args.model, rounds=1 if quick else 3))
-    if "import" in parts:
-        report("import cost", *import_cost.measure(rounds=3 if quick else 15))
-    if "memory" in parts:
-        report("memory accuracy", *memory_accuracy.measure(model=args.model))
-    if "speed" in parts:
-        found, lines = speed_gate.measure(runs=2 if quick else 10, settle=10 if quick else 60, verbose=False)
-        report("speed gate", found, lines[:1])
-
+    with tempfile.TemporaryDirectory() as folder:
+        for part in parts:
+            script, full, quick = PARTS[part]
+            out = Path(folder) / f"{part}.json"
+            command = [PYTHON, str(HERE / script), *(quick if args.quick else full), "--findings-json", str(out)]
+            if part in TAKES_MODEL:
+                command += ["--model", args.model]
+            done = subprocess.run(command, capture_output=True, text=True)
+            if not out.is_file():
+                print(done.stdout[-3000:], done.stderr[-3000:], file=sys.stderr)
+                raise SystemExit(f"benchmarks/{script} failed (exit {done.returncode})")
+            found, lines = load_findings(out)
+            findings += found
+            notes += lines
+            print(f"[{time.perf_counter() - started:6.0f} s] {part}: "
+                  + ", ".join(f"{f.measured} {f.verdict}" for f in found), flush=True)
     print()
-    print(f"pytest-sdopt harness benchmarks, {platform.processor() or platform.machine()}, "
-          f"{time.perf_counter() - started:.0f} s{' (--quick: not the published figures)' if quick else ''}")
+    print(f"pytest-sdopt harness benchmarks on {platform.processor() or platform.machine()}, "
+          f"{time.perf_counter() - started:.0f} s{' (--quick: not the published figures)' if args.quick else ''}")
     print("\n".join(notes))
     print("\n".join(render(findings)))
     return 0 if all(f.passed for f in findings) else 1

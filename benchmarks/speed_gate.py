@@ -28,7 +28,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from findings import PYTHON, Finding, render, timed_child
+from findings import PYTHON, Finding, add_findings_option, finish, timed_child
 
 TEST = '''
 def test_speed(sdopt):
@@ -87,16 +87,23 @@ def measure(runs: int = 10, settle: float = 60.0, limit: str = "7%", slowdown: f
                  f"{len(recorded['figures']['call_s'])} runs"]
         check = [f"--sdopt-max-its-drop={limit}", *settling]
         alarms = {"clean": 0, "slowed": 0}
+        drops: dict[str, list[float]] = {"clean": [], "slowed": []}
         for index in range(2 * runs):
             kind = "slowed" if index % 2 else "clean"
             outcome = session(project, check, slowdown if kind == "slowed" else 0.0)
             alarms[kind] += outcome["alarm"]
             gate = outcome["gate"] or {}
+            if gate.get("value") is not None:
+                drops[kind].append(gate["value"])
             line = (f"  {kind:<6} {'ALARM' if outcome['alarm'] else 'quiet':<5} {gate.get('measured', '?')}"
                     f"{' (re-measured ' + format(outcome['figures']['settled_s'], '.0f') + ' s)' if outcome['figures']['settled_s'] else ''}")
             lines.append(line)
             if verbose:
                 print(line, flush=True)
+    for kind, values in drops.items():
+        if values:
+            lines.insert(1 + list(drops).index(kind), f"{kind} checks read {-max(values):+.1%} to {-min(values):+.1%} "
+                                                      f"against the stored best")
     how = f"settle {settle:g} s, max-its-drop {limit}" if settle > 0 else f"no settling, max-its-drop {limit}"
     command = f"benchmarks/speed_gate.py --settle {settle:g} --max-its-drop {limit}"
     findings = [
@@ -113,11 +120,10 @@ def main() -> int:
     parser.add_argument("--settle", type=float, default=60.0)
     parser.add_argument("--no-settle", action="store_true")
     parser.add_argument("--max-its-drop", default="7%")
+    add_findings_option(parser)
     args = parser.parse_args()
     findings, lines = measure(args.runs, 0.0 if args.no_settle else args.settle, args.max_its_drop)
-    print(lines[0])
-    print("\n".join(render(findings)))
-    return 0 if all(f.passed for f in findings) else 1
+    return finish(findings, lines[:3], args.findings_json)
 
 
 if __name__ == "__main__":
