@@ -30,7 +30,7 @@ from pytest_sdopt.session import SdoptSession
 from pytest_sdopt.settings import (GATE_KEYWORDS, SCENARIO_KEYS, keyword_overrides, marker_overrides, resolve_gates,
                                    resolve_run)
 from pytest_sdopt.similarity import artifact_folder
-from pytest_sdopt.speed import drop, settle, stored_best_its
+from pytest_sdopt.speed import settle, stored_best_its, within_drop
 from pytest_sdopt.summary import RunRecord
 
 
@@ -214,7 +214,7 @@ class Sdopt:
         if limit is None or not stored:
             return None
         before = stored_best_its(stored)
-        return lambda its: drop(its, before) <= limit + 1e-12
+        return lambda its: within_drop(its, before, limit)
 
     def _properties(self, stack: str, values: dict[str, Any]) -> None:
         """junitxml <property> entries (record_property's storage), so CI systems show the figures."""

@@ -147,7 +147,7 @@ def _relative_not_applicable(gate: str, stored: StoredMetrics, limit_text: str) 
 
 def max_its_drop(result: Any, limit: float, stored: StoredMetrics) -> GateOutcome:
     """The best measured call's it/s against the stored best (speed.py says why the best)."""
-    from pytest_sdopt.speed import best_its, drop, stored_best_its
+    from pytest_sdopt.speed import best_its, drop, stored_best_its, within_drop
 
     limit_text = f"<= {limit:.0%} slower than stored"
     not_applicable = _relative_not_applicable("max_its_drop", stored, limit_text)
@@ -163,7 +163,7 @@ def max_its_drop(result: Any, limit: float, stored: StoredMetrics) -> GateOutcom
                   f"a first slow reading was re-measured: {settled.calls} more runs over {settled.seconds:.0f} s "
                   f"(--sdopt-settle)")
     runs = len(result.step_times_s)
-    return GateOutcome("max_its_drop", _pass_or_fail(slower <= limit + 1e-12),
+    return GateOutcome("max_its_drop", _pass_or_fail(within_drop(its, before, limit)),
                        f"{its:.2f} it/s (best of {runs} runs) vs {before:.2f} stored ({-slower:+.1%})", limit_text,
                        detail=detail, value=slower)
 

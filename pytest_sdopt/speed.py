@@ -78,6 +78,11 @@ def drop(its_now: float, its_before: float) -> float:
     return 1 - its_now / its_before if its_before > 0 else 0.0
 
 
+def within_drop(its_now: float, its_before: float, limit: float) -> bool:
+    """max_its_drop's verdict, shared by the gate and by settling (a hair of float slack at the limit)."""
+    return drop(its_now, its_before) <= limit + 1e-12
+
+
 def stored_best_its(values: dict[str, Any]) -> float:
     """The stored figure to compare with; metrics recorded before best_its existed have only its."""
     return float(values.get("best_its") or values["its"])
