@@ -30,7 +30,7 @@ PARTS = {  # name: (script, arguments, --quick arguments)
     "matrix": ("matrix_floor.py", ["--rounds", "3"], ["--rounds", "1"]),
     "import": ("import_cost.py", ["--rounds", "15"], ["--rounds", "3"]),
     "memory": ("memory_accuracy.py", [], ["--stacks", "fp32"]),
-    "speed": ("speed_gate.py", ["--runs", "10", "--settle", "120"], ["--runs", "2", "--settle", "10"]),
+    "speed": ("speed_gate.py", ["--runs", "10", "--settle", "60"], ["--runs", "2", "--settle", "10"]),
 }
 TAKES_MODEL = ("overhead", "matrix", "memory")
 

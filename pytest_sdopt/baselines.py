@@ -30,8 +30,8 @@ from pytest_sdopt.errors import SdoptUsageError
 from pytest_sdopt.scenario import Scenario
 
 SCHEMA = 1
-METRIC_FIELDS = ("its", "best_its", "total_s", "peak_vram_bytes", "peak_vram_reserved_bytes", "peak_device_bytes",
-                 "peak_host_bytes")
+METRIC_FIELDS = ("its", "best_its", "machine_relative_its", "machine_reference_s", "total_s", "peak_vram_bytes",
+                 "peak_vram_reserved_bytes", "peak_device_bytes", "peak_host_bytes")
 _UNSAFE = re.compile(r"[^A-Za-z0-9._+=-]")
 
 
@@ -54,8 +54,13 @@ def stack_key(stack: str) -> str:
 
 
 def fingerprint(env: dict[str, Any]) -> str:
-    """What a stored speed or memory figure is comparable with: the same device, torch and diffusers."""
-    return f"{env.get('device_name') or 'unknown device'} | torch {env.get('torch')} | diffusers {env.get('diffusers')}"
+    """What a stored speed or memory figure is comparable with: the same device, torch and diffusers
+    (and, when --sdopt-cpu-threads set it, the same number of CPU threads)."""
+    device = env.get("device_name") or "unknown device"
+    threads = env.get("cpu_threads")
+    if threads:
+        device += f" ({threads} thread{'' if str(threads) == '1' else 's'})"
+    return f"{device} | torch {env.get('torch')} | diffusers {env.get('diffusers')}"
 
 
 @dataclass

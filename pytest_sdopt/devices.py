@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Any
+from contextlib import contextmanager
+from typing import Any, Iterator
 
 from pytest_sdopt.errors import SdoptUsageError
 
@@ -79,3 +80,25 @@ def synchronize(device: Any) -> None:
         torch.cuda.synchronize(device)
     elif device.type == "mps":
         torch.mps.synchronize()
+
+
+@contextmanager
+def intra_op_threads(device: Any, count: int | None) -> Iterator[None]:
+    """torch's intra-op threads set to `count` for a CPU run, restored afterwards.
+
+    Why one thread can be steadier: on a shared 2-vCPU machine a 2-thread run waits at every
+    parallel region for the slower vCPU, so interference on either one slows it; one thread
+    lets the kernel run it on whichever vCPU is free (measured on the CI machine: slow states
+    of +33% seen with 2 threads in interleaved calls, none with 1).
+    """
+    if count is None or device.type != "cpu":
+        yield
+        return
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

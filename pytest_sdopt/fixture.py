@@ -20,7 +20,7 @@ import pytest
 
 from pytest_sdopt.baselines import Baseline, BaselineError, fingerprint
 from pytest_sdopt.checking import CheckContext, CheckedRun, check_run, update_command
-from pytest_sdopt.devices import resolve_device, xdist_worker
+from pytest_sdopt.devices import intra_op_threads, resolve_device, xdist_worker
 from pytest_sdopt.errors import RunOutOfMemory, SdoptUsageError, SdoptWarning, StackUnsupported
 from pytest_sdopt.memory import return_freed_memory_to_the_os
 from pytest_sdopt.models import ModelSource
@@ -30,7 +30,7 @@ from pytest_sdopt.session import SdoptSession
 from pytest_sdopt.settings import (GATE_KEYWORDS, SCENARIO_KEYS, keyword_overrides, marker_overrides, resolve_gates,
                                    resolve_run)
 from pytest_sdopt.similarity import artifact_folder
-from pytest_sdopt.speed import settle, stored_best_its, within_drop
+from pytest_sdopt.speed import compare_speed, settle
 from pytest_sdopt.summary import RunRecord
 
 
@@ -105,7 +105,7 @@ class Sdopt:
         """The stored image and metrics of `stack` in this test's scenario (None where nothing is stored)."""
         with self._outcomes(stack):
             plan = self.plan(stack, overrides, "sdopt.baseline", runnable_here=False)
-            return self._session.store.baseline(plan.scenario, plan.stack.name, self._session.environment(plan.device))
+            return self._session.store.baseline(plan.scenario, plan.stack.name, self._environment(plan))
 
     def plan(self, stack: str | Stack, overrides: dict[str, Any], where: str = "sdopt.run",
              runnable_here: bool = True) -> PlannedRun:
@@ -120,7 +120,8 @@ class Sdopt:
         source = self._session.model(scenario.model)
         device = resolve_device(scenario.device, xdist_worker(), self._session.settings["share-gpus"])
         scenario = replace(scenario, device=str(device), size=scenario.size or source.default_size,
-                           steps=scenario.steps or source.default_steps)
+                           steps=scenario.steps or source.default_steps,
+                           prompt=source.default_prompt if scenario.prompt is None else scenario.prompt)
         unmet = parsed.unmet_requirement(device.type)
         if unmet is not None and runnable_here:
             raise unmet
@@ -147,7 +148,18 @@ class Sdopt:
 
     # -- internals ----------------------------------------------------------------------
 
+    def _environment(self, plan: PlannedRun) -> dict[str, Any]:
+        """The versions and device the run is keyed by; --sdopt-cpu-threads is part of a CPU run's."""
+        env = self._session.environment(plan.device)
+        if plan.measurement.cpu_threads is not None and plan.device.type == "cpu":
+            env["cpu_threads"] = str(plan.measurement.cpu_threads)
+        return env
+
     def _run(self, plan: PlannedRun) -> Any:
+        with intra_op_threads(plan.device, plan.measurement.cpu_threads):
+            return self._measure(plan)
+
+    def _measure(self, plan: PlannedRun) -> Any:
         import torch
 
         from pytest_sdopt.runner import Runner, drive
@@ -155,7 +167,7 @@ class Sdopt:
         release_memory()  # what an earlier run left must not count in this one's peaks
         pipe = self._build(plan)
         watched = watch(pipe)
-        runner = Runner(pipe, plan.stack, plan.scenario, plan.device, self._session.environment(plan.device))
+        runner = Runner(pipe, plan.stack, plan.scenario, plan.device, self._environment(plan))
         out_of_memory = None
         try:
             benchmark = self._unused_benchmark()
@@ -196,25 +208,24 @@ class Sdopt:
             return
         good_enough = None
         if not self._session.settings["update-baselines"]:
-            good_enough = self._within_its_drop(plan, runner.env)
+            good_enough = self._within_its_drop(plan, runner)
             if good_enough is None:
                 return
-        runner.settled = settle(lambda: runner.call(measured=True), runner.best_its, budget,
-                                runner.measuring_since, good_enough)
+        runner.settled = settle(lambda: runner.call(measured=True), budget, runner.measuring_since, good_enough)
 
-    def _within_its_drop(self, plan: PlannedRun, env: dict[str, Any]) -> Any:
-        """A test `its -> bool` of max_its_drop against this device's stored figure; None when it cannot apply."""
+    def _within_its_drop(self, plan: PlannedRun, runner: Any) -> Any:
+        """Whether max_its_drop would pass on what `runner` has measured so far, against this
+        device's stored figure (the same comparison the gate makes); None when it cannot apply."""
         try:
             marker = marker_overrides(self._node.iter_markers("sdopt"))
-            stored = self._session.store.read_metrics(plan.scenario, plan.stack.name).get(fingerprint(env))
+            stored = self._session.store.read_metrics(plan.scenario, plan.stack.name).get(fingerprint(runner.env))
         except (SdoptUsageError, BaselineError):
             return None  # sdopt.check() reports these
         limit = resolve_gates(self._session.settings, marker, {}, plan.stack.default_min_ssim,
                               plan.device.type).max_its_drop
         if limit is None or not stored:
             return None
-        before = stored_best_its(stored)
-        return lambda its: within_drop(its, before, limit)
+        return lambda: compare_speed(runner.best_its(), runner.machine_relative_its(), stored).within(limit)
 
     def _properties(self, stack: str, values: dict[str, Any]) -> None:
         """junitxml <property> entries (record_property's storage), so CI systems show the figures."""

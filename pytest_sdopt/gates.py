@@ -8,6 +8,7 @@ inputs (baselines, SSIM) and the fixture turns failures into one test failure.
 
 from __future__ import annotations
 
+import statistics
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Iterable
@@ -146,15 +147,31 @@ def _relative_not_applicable(gate: str, stored: StoredMetrics, limit_text: str) 
 
 
 def max_its_drop(result: Any, limit: float, stored: StoredMetrics) -> GateOutcome:
-    """The best measured call's it/s against the stored best (speed.py says why the best)."""
-    from pytest_sdopt.speed import best_its, drop, stored_best_its, within_drop
+    """It/s against the stored figure: relative to the machine's speed where both were timed beside
+    a reference workload (CPU, machine.py), else the best measured call's (speed.py says why the best)."""
+    from pytest_sdopt.machine import machine_relative_its
+    from pytest_sdopt.speed import best_its, compare_speed
 
     limit_text = f"<= {limit:.0%} slower than stored"
     not_applicable = _relative_not_applicable("max_its_drop", stored, limit_text)
     if not_applicable is not None:
         return not_applicable
-    its, before = best_its(result.step_times_s), stored_best_its(stored.values)  # type: ignore[arg-type]
-    slower = drop(its, before)
+    values: dict[str, Any] = stored.values  # type: ignore[assignment]
+    its = best_its(result.step_times_s)
+    speed = compare_speed(its, machine_relative_its(result.step_times_s, getattr(result, "reference_s", [])), values)
+    slower = speed.drop
+    runs = len(result.step_times_s)
+    if speed.machine_relative:
+        machine_now = statistics.median(result.reference_s)
+        machine_before = values.get("machine_reference_s")
+        measured = (f"{its:.2f} it/s (best of {runs} runs); relative to the machine's speed, {-slower:+.1%} vs "
+                    f"stored (median of {runs} runs)")
+        machine = (f"the machine ran {abs(machine_now / machine_before - 1):.1%} "
+                   f"{'slower' if machine_now > machine_before else 'faster'} than when recorded"
+                   if machine_before else "")
+    else:
+        measured = f"{its:.2f} it/s (best of {runs} runs) vs {speed.before:.2f} stored ({-slower:+.1%})"
+        machine = ""
     settled = getattr(result, "settled", None)
     detail = ""
     if settled is not None and settled.calls and settled.reason == "confirming a slowdown":
@@ -162,10 +179,9 @@ def max_its_drop(result: Any, limit: float, stored: StoredMetrics) -> GateOutcom
                   f"came within the limit" if slower > limit else
                   f"a first slow reading was re-measured: {settled.calls} more runs over {settled.seconds:.0f} s "
                   f"(--sdopt-settle)")
-    runs = len(result.step_times_s)
-    return GateOutcome("max_its_drop", _pass_or_fail(within_drop(its, before, limit)),
-                       f"{its:.2f} it/s (best of {runs} runs) vs {before:.2f} stored ({-slower:+.1%})", limit_text,
-                       detail=detail, value=slower)
+    detail = "; ".join(part for part in (machine, detail) if part)
+    return GateOutcome("max_its_drop", _pass_or_fail(speed.within(limit)), measured, limit_text, detail=detail,
+                       value=slower)
 
 
 MEMORY_KINDS = (("peak_vram_bytes", "vram"), ("peak_host_bytes", "host"))

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from pytest_sdopt.errors import SdoptUsageError
+from pytest_sdopt.settings import DEFAULT_PROMPT
 
 EMBEDDED = Path(__file__).resolve().parent / "embedded"
 TINY_DIR = EMBEDDED / "tiny"
@@ -42,6 +43,7 @@ class ModelSource:
     folder: Path | None = None  # where from_pretrained reads it (None for sd15-random)
     default_size: tuple[int, int] | None = None  # None: the pipeline's own default
     default_steps: int | None = None
+    default_prompt: str = DEFAULT_PROMPT  # what runs draw unless a prompt is set
     cache: Path | None = None  # sd15-random: where its weights are saved once (None: built every load)
 
     def load(self) -> Any:
@@ -64,7 +66,8 @@ def resolve_model(text: str, cache: Path | None = None) -> ModelSource:
     spec = text.strip()
     if spec == "tiny":
         facts = json.loads((TINY_DIR / "sdopt_model.json").read_text(encoding="utf-8"))
-        return ModelSource("tiny", "embedded", TINY_DIR, tuple(facts["default_size"]), facts["default_steps"])
+        return ModelSource("tiny", "embedded", TINY_DIR, tuple(facts["default_size"]), facts["default_steps"],
+                           facts.get("default_prompt", DEFAULT_PROMPT))
     if spec == "sd15-random":
         from pytest_sdopt.architectures import SD15
 

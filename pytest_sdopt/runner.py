@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 from pytest_sdopt.devices import synchronize
+from pytest_sdopt.machine import ReferenceWorkload, machine_relative_its
 from pytest_sdopt.memory import trackers_for
 from pytest_sdopt.optimizations import Stack
 from pytest_sdopt.scenario import Measurement, Scenario
@@ -43,6 +44,7 @@ class RunResult:
     warmup_s: list[float] = field(default_factory=list)  # seconds of each unmeasured warm-up call
     call_s: list[float] = field(default_factory=list)  # seconds of each measured call
     settled: Settled = field(default_factory=Settled)  # extra measured calls made by --sdopt-settle
+    reference_s: list[float] = field(default_factory=list)  # CPU: the machine's reference workload around each call
 
     @property
     def image(self) -> Any:
@@ -50,8 +52,18 @@ class RunResult:
 
     @property
     def best_its(self) -> float:
-        """The best measured call's steps per second (see speed.py): what max_its_drop compares."""
+        """The best measured call's steps per second (see speed.py): what max_its_drop compares on CUDA."""
         return best_its(self.step_times_s)
+
+    @property
+    def machine_relative_its(self) -> float | None:
+        """Steps per second relative to the machine's speed (machine.py): what max_its_drop compares on CPU."""
+        return machine_relative_its(self.step_times_s, self.reference_s)
+
+    @property
+    def machine_reference_s(self) -> float | None:
+        """Median seconds of the reference workload during the measured calls (how fast the machine was)."""
+        return statistics.median(self.reference_s) if self.reference_s else None
 
 
 class StepClock:
@@ -124,6 +136,9 @@ class Runner:
         self.warmups: list[float] = []
         self.measuring_since: float | None = None  # time.monotonic() when the first measured call began
         self.settled = Settled()
+        # On CPU the machine's own speed moves with its neighbours' load: timed beside each call (machine.py).
+        self.reference = ReferenceWorkload() if getattr(device, "type", None) == "cpu" else None
+        self.reference_s: list[float] = []
 
     def call(self, measured: bool) -> None:
         import torch
@@ -136,6 +151,8 @@ class Runner:
         clock = StepClock(self.device)
         if measured and self.measuring_since is None:
             self.measuring_since = time.monotonic()
+        # Outside the memory trackers and the call's clock: the reference is not part of the run.
+        reference_before = self.reference.seconds() if measured and self.reference is not None else None
         if measured:
             for tracker in self.trackers:
                 tracker.start()
@@ -153,11 +170,16 @@ class Runner:
             self.step_times.append(clock.step_times())
             self.totals.append(end - clock.call_start)
             self.images = list(output.images)
+            if reference_before is not None:
+                self.reference_s.append(min(reference_before, self.reference.seconds()))  # type: ignore[union-attr]
         else:
             self.warmups.append(end - clock.call_start)
 
     def best_its(self) -> float:
         return best_its(self.step_times)
+
+    def machine_relative_its(self) -> float | None:
+        return machine_relative_its(self.step_times, self.reference_s)
 
     def result(self) -> RunResult:
         rates = [len(times) / sum(times) for times in self.step_times if times and sum(times) > 0]
@@ -173,6 +195,7 @@ class Runner:
             warmup_s=list(self.warmups),
             call_s=list(self.totals),
             settled=self.settled,
+            reference_s=list(self.reference_s),
             **self.peaks,
         )
 

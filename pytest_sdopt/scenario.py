@@ -9,12 +9,12 @@ from dataclasses import dataclass
 class Scenario:
     """Model, device, prompt, seed, size, steps, guidance: everything that decides the image.
 
-    `size` and `steps` are None only until the model's defaults are filled in.
+    `prompt`, `size` and `steps` are None only until the model's defaults are filled in.
     """
 
     model: str
     device: str
-    prompt: str
+    prompt: str | None
     seed: int
     size: tuple[int, int] | None
     steps: int | None
@@ -28,8 +28,10 @@ class Scenario:
 @dataclass(frozen=True)
 class Measurement:
     """How many runs: unmeasured warm-ups first, then measured repeats, then (settle_s > 0) more
-    measured runs while settling the speed figure (see speed.py)."""
+    measured runs while settling the speed figure (see speed.py). `cpu_threads`: torch's intra-op
+    threads during a CPU run (None: torch's own default)."""
 
     repeats: int
     warmup: int
     settle_s: float = 0.0
+    cpu_threads: int | None = None

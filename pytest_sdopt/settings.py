@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from pytest_sdopt.scenario import Measurement, Scenario
 
 REFERENCE = "fp32"  # the default reference stack; optimizations.py names the same one
+# The prompt of a model that names none of its own (the embedded `tiny` names a scene it was trained on).
 DEFAULT_PROMPT = "high resolution, a photograph of an astronaut riding a horse"
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
@@ -127,7 +128,8 @@ SETTINGS: tuple[Setting, ...] = (
             "tiny", _text, metavar="MODEL"),
     Setting("device", "auto (cuda if available, else cpu), cpu, cuda, cuda:N or mps", "auto", _text,
             metavar="DEVICE"),
-    Setting("prompt", "the prompt every run draws", DEFAULT_PROMPT, _prompt, metavar="TEXT"),
+    Setting("prompt", "the prompt every run draws (default: the model's own, else an astronaut riding a horse)",
+            None, _prompt, metavar="TEXT"),
     Setting("seed", "generator seed (default 1)", 1, lambda v, w: parse_int(v, w, 0), metavar="N"),
     Setting("size", "image size WxH, e.g. 512x512 (default: the model's)", None, _size, metavar="WxH"),
     Setting("steps", "denoising steps (default: the model's)", None, lambda v, w: parse_int(v, w, 1), metavar="N"),
@@ -140,6 +142,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("settle", "seconds of re-measuring on a noisy machine: a check that would fail max-its-drop re-measures "
             "up to this long first; a recording measures twice this long and keeps the best run (default 0)",
             0.0, lambda v, w: parse_float(v, w, 0.0), kind="measurement", metavar="SECONDS"),
+    Setting("cpu-threads", "intra-op threads of a CPU run (default: torch's own, one per core); 1 makes CPU timings "
+            "steadier on a shared machine, and stored figures are then kept apart from other thread counts",
+            None, lambda v, w: parse_int(v, w, 1), kind="measurement", metavar="N"),
     # gates: None means "not set here"; OFF means switched off at this layer
     Setting("max-vram", "gate: ceiling on the CUDA allocator's peak, e.g. 5.1GB (off by default)", None,
             _switchable(lambda v, w: parse_byte_size(v, w)), kind="gate", metavar="SIZE"),
@@ -289,7 +294,8 @@ def resolve_run(session: SessionSettings, marker: Mapping[str, Any],
         return _layered(name, session, marker, keywords)
 
     scenario = Scenario(**{name: pick(name) for name in SCENARIO_KEYS})
-    return scenario, Measurement(repeats=pick("repeats"), warmup=pick("warmup"), settle_s=pick("settle"))
+    return scenario, Measurement(repeats=pick("repeats"), warmup=pick("warmup"), settle_s=pick("settle"),
+                                 cpu_threads=pick("cpu_threads"))
 
 
 # A CPU run's speed varies far more between processes than a GPU's: on a shared 2-core machine

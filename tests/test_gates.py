@@ -99,3 +99,52 @@ def test_the_failure_message_lists_failures_first_then_everything_else():
     lines = message.splitlines()
     assert lines[0] == "sdopt: stack 'fp16' failed 1 of 3 gates (tiny, 64x64):"
     assert [line.split()[0] for line in lines[1:]] == ["FAIL", "n/a", "pass"]
+
+
+# A CPU run timed beside the machine's reference workload (machine.py): 10 steps of 20 ms while the
+# reference took 1.5 ms, so 0.075 steps per reference.
+CPU_STORED = StoredMetrics("AMD EPYC | torch 2 | diffusers 0.42", {
+    "its": 50.0, "best_its": 52.0, "machine_relative_its": 50.0 * 0.0015, "machine_reference_s": 0.0015})
+
+
+def cpu_run(step_s: float, reference_s: float, runs: int = 3):
+    return run(device="cpu", step_times_s=[[step_s] * 10] * runs, reference_s=[reference_s] * runs)
+
+
+def test_on_cpu_a_machine_that_slowed_down_as_a_whole_is_not_a_slowdown_of_the_code():
+    machine_slow = gates.max_its_drop(cpu_run(0.020 * 1.25, 0.0015 * 1.25), 0.07, CPU_STORED)
+    assert machine_slow.status is Status.PASS and machine_slow.value == pytest.approx(0.0)
+    assert "relative to the machine's speed, " in machine_slow.measured and "0.0% vs stored (median of 3 runs)" in machine_slow.measured
+    assert "the machine ran 25.0% slower than when recorded" in machine_slow.detail
+
+
+def test_on_cpu_code_that_slowed_down_on_an_unchanged_machine_fails():
+    code_slow = gates.max_its_drop(cpu_run(0.020 * 1.10, 0.0015), 0.07, CPU_STORED)
+    assert code_slow.failed and code_slow.value == pytest.approx(1 - 1 / 1.10)
+    assert code_slow.measured.startswith("45.45 it/s (best of 3 runs); relative to the machine's speed, -9.1% vs")
+    # A fast machine does not hide it either.
+    assert gates.max_its_drop(cpu_run(0.020 * 1.10 * 0.8, 0.0015 * 0.8), 0.07, CPU_STORED).failed
+
+
+def test_figures_recorded_before_the_reference_existed_compare_the_best_run():
+    old = StoredMetrics("AMD EPYC | torch 2 | diffusers 0.42", {"its": 50.0, "best_its": 50.0})
+    outcome = gates.max_its_drop(cpu_run(0.020 * 1.25, 0.0015 * 1.25), 0.07, old)
+    assert outcome.failed and outcome.measured.startswith("40.00 it/s (best of 3 runs) vs 50.00 stored (-20.0%)")
+    untimed = run(device="cpu", step_times_s=[[0.02] * 10], reference_s=[])  # a run without the reference
+    assert gates.max_its_drop(untimed, 0.07, CPU_STORED).measured.endswith("vs 52.00 stored (-3.8%)")
+
+
+def test_the_machine_relative_figure_is_the_median_over_calls_and_needs_a_reference_for_each():
+    from pytest_sdopt.machine import machine_relative_its
+
+    assert machine_relative_its([[0.02] * 4, [0.04] * 4, [0.02] * 4], [0.001, 0.002, 0.003]) == pytest.approx(0.05)
+    assert machine_relative_its([[0.02] * 4], []) is None
+    assert machine_relative_its([[0.02] * 4, [0.02] * 4], [0.001]) is None  # not timed beside every call
+
+
+def test_the_reference_workload_is_fixed_and_fast():
+    from pytest_sdopt.machine import ReferenceWorkload
+
+    first, second = ReferenceWorkload(), ReferenceWorkload()
+    assert first.run().equal(second.run())  # the same work every time, whatever was measured before
+    assert 0 < first.seconds() < 1.0

@@ -41,35 +41,33 @@ class FakeClock:
 
 def test_a_recording_searches_longer_than_any_check_will():
     clock = FakeClock([10.0])
-    settled = settle(clock.measure_once, lambda: clock.best, 5.0, measuring_since=0.0, good_enough=None, clock=clock)
+    settled = settle(clock.measure_once, 5.0, measuring_since=0.0, good_enough=None, clock=clock)
     assert RECORDING_FACTOR == 2
     assert settled == Settled(10, 10.0, "recording") and clock.calls == 10
 
 
 def test_a_check_that_already_holds_measures_nothing_more():
     clock = FakeClock([10.0])
-    settled = settle(clock.measure_once, lambda: 10.0, 60.0, 0.0, good_enough=lambda its: its >= 9.0, clock=clock)
+    settled = settle(clock.measure_once, 60.0, 0.0, good_enough=lambda: True, clock=clock)
     assert settled == Settled() and clock.calls == 0
 
 
 def test_a_slow_reading_is_remeasured_until_a_run_comes_within_the_limit():
     clock = FakeClock([5.0, 5.0, 9.5, 5.0])  # a slow phase, then the machine's real speed
-    settled = settle(clock.measure_once, lambda: clock.best, 60.0, 0.0, good_enough=lambda its: its >= 9.0,
-                     clock=clock)
+    settled = settle(clock.measure_once, 60.0, 0.0, good_enough=lambda: clock.best >= 9.0, clock=clock)
     assert settled == Settled(3, 3.0, "confirming a slowdown")
 
 
 def test_a_real_slowdown_uses_the_budget_counted_from_the_first_measured_run_and_stays_slow():
     clock = FakeClock([5.0])
     clock.now = 2.0  # the first measured runs already took 2 s of the 10
-    settled = settle(clock.measure_once, lambda: clock.best, 10.0, 0.0, good_enough=lambda its: its >= 9.0,
-                     clock=clock)
+    settled = settle(clock.measure_once, 10.0, 0.0, good_enough=lambda: clock.best >= 9.0, clock=clock)
     assert settled.calls == 8 and clock.best == 5.0
 
 
 def test_settling_is_off_by_default():
     clock = FakeClock([1.0])
-    assert settle(clock.measure_once, lambda: 0.0, 0.0, 0.0, good_enough=None, clock=clock) == Settled()
+    assert settle(clock.measure_once, 0.0, 0.0, good_enough=None, clock=clock) == Settled()
 
 
 class Cycle:
@@ -139,5 +137,66 @@ def test_settling_passes_a_slow_first_reading_and_confirms_a_lasting_slowdown(ru
     lasting = SLOW_AT_FIRST.format(slow=10**6)
     result = run_sdopt(lasting, "--sdopt-settle", "6", *settle_options)  # 2 runs take ~2 s: room for more
     result.assert_outcomes(failed=1)
-    result.stdout.fnmatch_lines(["*FAIL  max_its_drop        measured * it/s (best of * runs)* vs * stored*",
+    result.stdout.fnmatch_lines(["*FAIL  max_its_drop        measured * it/s (best of * runs); relative to the machine's "
+                                 "speed, -*% vs stored (median of * runs)*",
                                  "*confirmed: * more runs over * s (--sdopt-settle) and none came within the limit*"])
+
+
+def test_cpu_threads_are_set_for_a_cpu_run_and_restored_after_it():
+    import torch
+
+    from pytest_sdopt.devices import intra_op_threads
+
+    before = torch.get_num_threads()
+    with intra_op_threads(torch.device("cpu"), 1):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
+    with intra_op_threads(torch.device("cuda", 0), 1):  # a GPU run's speed is not the CPU threads'
+        assert torch.get_num_threads() == before
+    with pytest.raises(RuntimeError), intra_op_threads(torch.device("cpu"), 1):
+        raise RuntimeError("a failed run")
+    assert torch.get_num_threads() == before
+
+
+def test_figures_measured_with_set_cpu_threads_are_kept_apart_from_the_default_ones():
+    from pytest_sdopt.baselines import fingerprint
+
+    env = {"device_name": "AMD EPYC", "torch": "2.13.0+cpu", "diffusers": "0.42.1"}
+    assert fingerprint(env) == "AMD EPYC | torch 2.13.0+cpu | diffusers 0.42.1"  # unchanged for existing records
+    assert fingerprint({**env, "cpu_threads": "1"}) == "AMD EPYC (1 thread) | torch 2.13.0+cpu | diffusers 0.42.1"
+    assert fingerprint({**env, "cpu_threads": "4"}).startswith("AMD EPYC (4 threads) |")
+
+
+THREADS = """
+import torch
+
+def test_threads(sdopt):
+    default = torch.get_num_threads()
+    seen = []
+    original = torch.nn.Conv2d.forward
+    torch.nn.Conv2d.forward = lambda self, x: seen.append(torch.get_num_threads()) or original(self, x)
+    try:
+        result = sdopt.run("fp32")
+    finally:
+        torch.nn.Conv2d.forward = original
+    assert set(seen) == {1}
+    assert torch.get_num_threads() == default
+    assert result.env["cpu_threads"] == "1"
+    assert len(result.reference_s) == len(result.step_times_s) > 0  # the machine timed beside each measured call
+    sdopt.check(result, min_ssim=None, max_its_drop="10%")
+"""
+
+
+def test_cpu_threads_apply_to_the_whole_run_and_key_its_stored_figures(run_sdopt, pytester):
+    run_sdopt(THREADS, "--sdopt-cpu-threads", "1", "--sdopt-update-baselines").assert_outcomes(passed=1)
+    stored = json.loads(next(pytester.path.glob("baselines/tiny/*/fp32.json")).read_text())["metrics"]
+    assert [key.split(" | ")[0] for key in stored] == [f"{next(iter(stored)).split(' (')[0]} (1 thread)"]
+    entry = next(iter(stored.values()))
+    assert entry["machine_relative_its"] > 0 and entry["machine_reference_s"] > 0
+    # Checked without the setting, the figures stored for one thread are not this run's to compare with.
+    result = run_sdopt(THREADS.replace('== {1}', '!= set()').replace('assert result.env["cpu_threads"] == "1"', ""),
+                       "--sdopt-json", "out.json")
+    result.assert_outcomes(passed=1)
+    gates = json.loads((pytester.path / "out.json").read_text())["runs"][0]["gates"]
+    its_drop = next(g for g in gates if g["gate"] == "max_its_drop")
+    assert its_drop["status"] == "n/a" and "nothing stored for this device" in its_drop["detail"]
