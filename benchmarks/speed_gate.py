@@ -21,30 +21,6 @@ thread (`--sdopt-cpu-threads 1`) because a 2-thread run waits for the slower vCP
 the reference tracks less well. `--sdopt-settle` re-measures a check that looks slow and makes
 the recording twice as long. `--cpu-threads 0` keeps torch's default, `--no-settle` measures
 3 runs only.
-"""Detection power of the speed gate (issue 7, item 4), on the embedded model.
-
-In a scratch project: record fp32's metrics once, then 10 clean re-runs and 10 re-runs with
-an injected 10% per-step slowdown, alternating, each a pytest session of its own checked
-against the recorded metrics with `max_its_drop`. A failed clean run is a false alarm (target
-0/10); a failed slowed run is a detection (target >= 9/10).
-
-The slowdown is injected by a conftest.py: after each scheduler step the process works (a busy
-loop) for 10% of that step's own time, from the UNet's start to the scheduler's end, so it is a
-10% slowdown in whatever state the machine is in.
-
-    .venv/bin/python benchmarks/speed_gate.py [--runs 10] [--settle 60] [--cpu-threads 1] [--max-its-drop 7%]
-
-Why one CPU thread (devices.intra_op_threads): on the 2-core CI machine a 2-thread run moves
-up to 35% between states that last from 30 s to minutes, because each parallel region waits
-for the slower vCPU; one thread runs on whichever vCPU is free, and in interleaved calls showed
-none of those states. With 2 threads, even 120 s of settling let 1 of 10 clean checks fail
-(`--cpu-threads 0` runs that way: torch's default).
-
-Why settling (speed.py): single calls still scatter (the 90th percentile 18% above the best),
-so a check that looks slow re-measures for up to `--settle` seconds and the recording keeps
-the best run of twice that; a slow moment passes, a real slowdown stays slow. The fastest
-state is reproducible to about 1%, so a 10% slowdown reads as 9% or more against it, and the
-limit sits at 7%. `--no-settle` shows the plain gate (best of 3 runs) instead.
 """
 
 from __future__ import annotations
@@ -177,7 +153,7 @@ def measure(runs: int = 10, settle: float = 60.0, limit: str = "7%", slowdown: f
     for kind, values in drops.items():
         if values:
             lines.insert(1 + list(drops).index(kind), f"{kind} checks read {-max(values):+.1%} to {-min(values):+.1%} "
-                                                      f"against the stored best")
+                                                      f"against the stored figure")
     how = f"settle {settle:g} s, max-its-drop {limit}" if settle > 0 else f"no settling, max-its-drop {limit}"
     how += f", {cpu_threads} CPU thread{'' if cpu_threads == 1 else 's'}" if cpu_threads > 0 else ", default threads"
     command = f"benchmarks/speed_gate.py --settle {settle:g} --cpu-threads {cpu_threads} --max-its-drop {limit}"

@@ -199,23 +199,23 @@ class Sdopt:
     def _settle(self, runner: Any, plan: PlannedRun) -> None:
         """--sdopt-settle: keep measuring while the speed figure is not yet trustworthy (see speed.py).
 
-        Recording (--sdopt-update-baselines): measure for the whole budget and keep the best run.
-        Otherwise only when this device has stored metrics and max_its_drop (as the marker, command
-        line or ini set it) would fail: re-measure until a run comes within it, or the budget ends.
+        Recording (--sdopt-update-baselines): measure for twice the budget. Otherwise only when this
+        device has stored metrics and max_its_drop (as the marker, command line or ini set it) does
+        not surely pass: re-measure until it does, or the budget ends.
         """
         budget = plan.measurement.settle_s
         if budget <= 0 or runner.measuring_since is None:
             return
         good_enough = None
         if not self._session.settings["update-baselines"]:
-            good_enough = self._within_its_drop(plan, runner)
+            good_enough = self._surely_within_its_drop(plan, runner)
             if good_enough is None:
                 return
         runner.settled = settle(lambda: runner.call(measured=True), budget, runner.measuring_since, good_enough)
 
-    def _within_its_drop(self, plan: PlannedRun, runner: Any) -> Any:
-        """Whether max_its_drop would pass on what `runner` has measured so far, against this
-        device's stored figure (the same comparison the gate makes); None when it cannot apply."""
+    def _surely_within_its_drop(self, plan: PlannedRun, runner: Any) -> Any:
+        """A test of whether max_its_drop surely passes on what `runner` has measured, against this
+        device's stored figure (the comparison the gate makes); None when the gate cannot apply."""
         try:
             marker = marker_overrides(self._node.iter_markers("sdopt"))
             stored = self._session.store.read_metrics(plan.scenario, plan.stack.name).get(fingerprint(runner.env))
@@ -225,7 +225,7 @@ class Sdopt:
                               plan.device.type).max_its_drop
         if limit is None or not stored:
             return None
-        return lambda: compare_speed(runner.best_its(), runner.machine_relative_its(), stored).within(limit)
+        return lambda: compare_speed(runner.best_its(), runner.machine_relative_samples(), stored).surely_within(limit)
 
     def _properties(self, stack: str, values: dict[str, Any]) -> None:
         """junitxml <property> entries (record_property's storage), so CI systems show the figures."""

@@ -148,8 +148,8 @@ def _relative_not_applicable(gate: str, stored: StoredMetrics, limit_text: str) 
 
 def max_its_drop(result: Any, limit: float, stored: StoredMetrics) -> GateOutcome:
     """It/s against the stored figure: relative to the machine's speed where both were timed beside
-    a reference workload (CPU, machine.py), else the best measured call's (speed.py says why the best)."""
-    from pytest_sdopt.machine import machine_relative_its
+    a reference workload (CPU, machine.py), else the best measured call's (speed.py says why)."""
+    from pytest_sdopt.machine import machine_relative_samples
     from pytest_sdopt.speed import best_its, compare_speed
 
     limit_text = f"<= {limit:.0%} slower than stored"
@@ -157,31 +157,32 @@ def max_its_drop(result: Any, limit: float, stored: StoredMetrics) -> GateOutcom
     if not_applicable is not None:
         return not_applicable
     values: dict[str, Any] = stored.values  # type: ignore[assignment]
-    its = best_its(result.step_times_s)
-    speed = compare_speed(its, machine_relative_its(result.step_times_s, getattr(result, "reference_s", [])), values)
-    slower = speed.drop
-    runs = len(result.step_times_s)
+    its, runs = best_its(result.step_times_s), len(result.step_times_s)
+    samples = machine_relative_samples(result.step_times_s, getattr(result, "reference_s", []))
+    speed = compare_speed(its, samples, values)
+    passed = speed.within(limit)
+    notes = []
     if speed.machine_relative:
-        machine_now = statistics.median(result.reference_s)
-        machine_before = values.get("machine_reference_s")
-        measured = (f"{its:.2f} it/s (best of {runs} runs); relative to the machine's speed, {-slower:+.1%} vs "
-                    f"stored (median of {runs} runs)")
-        machine = (f"the machine ran {abs(machine_now / machine_before - 1):.1%} "
-                   f"{'slower' if machine_now > machine_before else 'faster'} than when recorded"
-                   if machine_before else "")
+        spread = f" ± {speed.drop_spread:.1%}" if runs > 1 else ""
+        measured = (f"{its:.2f} it/s (best of {runs} runs); relative to the machine's speed, {-speed.drop:+.1%}"
+                    f"{spread} vs stored (median of {runs} runs)")
+        machine_now, machine_before = statistics.median(result.reference_s), values.get("machine_reference_s")
+        if machine_before:
+            notes.append(f"the machine ran {abs(machine_now / machine_before - 1):.1%} "
+                         f"{'slower' if machine_now > machine_before else 'faster'} than when recorded")
     else:
-        measured = f"{its:.2f} it/s (best of {runs} runs) vs {speed.before:.2f} stored ({-slower:+.1%})"
-        machine = ""
+        measured = f"{its:.2f} it/s (best of {runs} runs) vs {speed.before:.2f} stored ({-speed.drop:+.1%})"
     settled = getattr(result, "settled", None)
-    detail = ""
-    if settled is not None and settled.calls and settled.reason == "confirming a slowdown":
-        detail = (f"confirmed: {settled.calls} more runs over {settled.seconds:.0f} s (--sdopt-settle) and none "
-                  f"came within the limit" if slower > limit else
-                  f"a first slow reading was re-measured: {settled.calls} more runs over {settled.seconds:.0f} s "
-                  f"(--sdopt-settle)")
-    detail = "; ".join(part for part in (machine, detail) if part)
-    return GateOutcome("max_its_drop", _pass_or_fail(speed.within(limit)), measured, limit_text, detail=detail,
-                       value=slower)
+    if settled is not None and settled.calls and settled.reason == "checking":
+        runs_text = f"{settled.calls} more runs over {settled.seconds:.0f} s (--sdopt-settle)"
+        if passed:
+            notes.append(f"a first reading near the limit was re-measured: {runs_text}")
+        elif speed.machine_relative:
+            notes.append(f"confirmed: {runs_text}")
+        else:
+            notes.append(f"confirmed: {runs_text} and none came within the limit")
+    return GateOutcome("max_its_drop", _pass_or_fail(passed), measured, limit_text, detail="; ".join(notes),
+                       value=speed.drop)
 
 
 MEMORY_KINDS = (("peak_vram_bytes", "vram"), ("peak_host_bytes", "host"))

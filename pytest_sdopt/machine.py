@@ -64,13 +64,19 @@ class ReferenceWorkload:
         return fastest
 
 
-def machine_relative_its(step_times_per_call: Sequence[Sequence[float]], reference_s: Sequence[float]) -> float | None:
-    """Median over measured calls of (the call's steps per second x the reference's seconds around it):
-    how many steps the code runs in the time the machine takes for the reference workload. None
-    when the reference was not timed (CUDA runs, figures recorded before it existed)."""
+def machine_relative_samples(step_times_per_call: Sequence[Sequence[float]],
+                             reference_s: Sequence[float]) -> list[float]:
+    """Per measured call: the call's steps per second x the reference's seconds around it, i.e. how
+    many steps the code runs in the time the machine takes for the reference workload. Empty when
+    the reference was not timed beside every call (CUDA runs, figures recorded before it existed)."""
     from pytest_sdopt.speed import call_its
 
-    pairs = [(times, reference) for times, reference in zip(step_times_per_call, reference_s) if reference]
-    if not pairs or len(reference_s) != len(step_times_per_call):
-        return None
-    return statistics.median(call_its(times) * reference for times, reference in pairs)
+    if not reference_s or len(reference_s) != len(step_times_per_call):
+        return []
+    return [call_its(times) * reference for times, reference in zip(step_times_per_call, reference_s)]
+
+
+def machine_relative_its(step_times_per_call: Sequence[Sequence[float]], reference_s: Sequence[float]) -> float | None:
+    """The median of `machine_relative_samples`: what max_its_drop compares on CPU; None without them."""
+    samples = machine_relative_samples(step_times_per_call, reference_s)
+    return statistics.median(samples) if samples else None

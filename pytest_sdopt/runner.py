@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 from pytest_sdopt.devices import synchronize
-from pytest_sdopt.machine import ReferenceWorkload, machine_relative_its
+from pytest_sdopt.machine import ReferenceWorkload, machine_relative_its, machine_relative_samples
 from pytest_sdopt.memory import trackers_for
 from pytest_sdopt.optimizations import Stack
 from pytest_sdopt.scenario import Measurement, Scenario
@@ -178,8 +178,8 @@ class Runner:
     def best_its(self) -> float:
         return best_its(self.step_times)
 
-    def machine_relative_its(self) -> float | None:
-        return machine_relative_its(self.step_times, self.reference_s)
+    def machine_relative_samples(self) -> list[float]:
+        return machine_relative_samples(self.step_times, self.reference_s)
 
     def result(self) -> RunResult:
         rates = [len(times) / sum(times) for times in self.step_times if times and sum(times) > 0]

@@ -44,7 +44,7 @@ class Settled:
 
     calls: int = 0
     seconds: float = 0.0
-    reason: str = ""  # "recording" or "confirming a slowdown"; "" when nothing was re-measured
+    reason: str = ""  # "recording" or "checking"; "" when nothing was re-measured
 
 
 RECORDING_FACTOR = 2  # a recording settles this many times longer than a check
@@ -56,10 +56,11 @@ def settle(measure_once: Callable[[], None], budget_s: float, measuring_since: f
     `measuring_since` (when the first measured call began).
 
     `good_enough` None is a recording: measure for RECORDING_FACTOR x `budget_s`. Otherwise a
-    check: within `budget_s`, stop as soon as `good_enough()` (the speed gate would pass on what
-    was measured so far), and never start when it already holds.
+    check: within `budget_s`, stop as soon as `good_enough()` (the speed gate surely passes on
+    what was measured so far, SpeedComparison.surely_within), and never start when it already
+    holds. A reading past the limit is re-measured for the whole budget before it counts.
     """
-    reason = "recording" if good_enough is None else "confirming a slowdown"
+    reason = "recording" if good_enough is None else "checking"
     if budget_s <= 0 or (good_enough is not None and good_enough()):
         return Settled()
     if good_enough is None:
@@ -91,22 +92,51 @@ def stored_best_its(values: dict[str, Any]) -> float:
 @dataclass(frozen=True)
 class SpeedComparison:
     """The figures max_its_drop compares: machine-relative where both sides have them (CPU runs,
-    machine.py), else the best call's it/s."""
+    machine.py: the median over calls, with a 95% interval), else the best call's it/s."""
 
     now: float
     before: float
     machine_relative: bool
+    spread: float = 0.0  # half-width of the 95% interval of `now` (machine-relative only; inf with one call)
 
     @property
     def drop(self) -> float:
         return drop(self.now, self.before)
 
+    @property
+    def drop_spread(self) -> float:
+        """The interval's half-width as a fraction of the stored figure (comparable with `drop`)."""
+        return self.spread / self.before if self.before > 0 else 0.0
+
     def within(self, limit: float) -> bool:
         return within_drop(self.now, self.before, limit)
 
+    def surely_within(self, limit: float) -> bool:
+        """Whether settling may stop: more runs would not make the gate fail. Machine-relative: the
+        whole 95% interval of the drop is within the limit, so a reading just inside it is
+        re-measured too. Best call: a run came within the limit (interference only slows, so no
+        later run can undo that)."""
+        if not self.machine_relative:
+            return self.within(limit)
+        return within_drop(self.now - self.spread, self.before, limit)
 
-def compare_speed(best: float, relative: float | None, stored: dict[str, Any]) -> SpeedComparison:
+
+def median_interval(samples: Sequence[float]) -> float:
+    """Half-width of a 95% interval of the median of `samples`: Student's t on a robust spread
+    (1.4826 x the median absolute deviation, so a few disturbed runs do not widen it), times
+    the median's efficiency factor 1.2533. inf for fewer than two samples."""
+    if len(samples) < 2:
+        return float("inf")
+    from scipy.stats import t as student_t
+
+    centre = statistics.median(samples)
+    spread = 1.4826 * statistics.median(abs(sample - centre) for sample in samples)
+    return float(student_t.ppf(0.975, len(samples) - 1)) * 1.2533 * spread / len(samples) ** 0.5
+
+
+def compare_speed(best: float, relative_samples: Sequence[float], stored: dict[str, Any]) -> SpeedComparison:
     stored_relative = stored.get("machine_relative_its")
-    if relative is not None and stored_relative:
-        return SpeedComparison(relative, float(stored_relative), True)
+    if relative_samples and stored_relative:
+        return SpeedComparison(statistics.median(relative_samples), float(stored_relative), True,
+                               median_interval(relative_samples))
     return SpeedComparison(best, stored_best_its(stored), False)

@@ -121,7 +121,7 @@ def test_on_cpu_a_machine_that_slowed_down_as_a_whole_is_not_a_slowdown_of_the_c
 def test_on_cpu_code_that_slowed_down_on_an_unchanged_machine_fails():
     code_slow = gates.max_its_drop(cpu_run(0.020 * 1.10, 0.0015), 0.07, CPU_STORED)
     assert code_slow.failed and code_slow.value == pytest.approx(1 - 1 / 1.10)
-    assert code_slow.measured.startswith("45.45 it/s (best of 3 runs); relative to the machine's speed, -9.1% vs")
+    assert code_slow.measured.startswith("45.45 it/s (best of 3 runs); relative to the machine's speed, -9.1% ± 0.0% vs")
     # A fast machine does not hide it either.
     assert gates.max_its_drop(cpu_run(0.020 * 1.10 * 0.8, 0.0015 * 0.8), 0.07, CPU_STORED).failed
 
@@ -148,3 +148,23 @@ def test_the_reference_workload_is_fixed_and_fast():
     first, second = ReferenceWorkload(), ReferenceWorkload()
     assert first.run().equal(second.run())  # the same work every time, whatever was measured before
     assert 0 < first.seconds() < 1.0
+
+
+def test_settling_stops_only_once_a_machine_relative_reading_is_surely_within_the_limit():
+    from pytest_sdopt.speed import SpeedComparison, compare_speed, median_interval
+
+    stored = {"machine_relative_its": 1.0, "its": 1.0}
+    near = compare_speed(1.0, [0.96, 0.93, 0.95], stored)  # -5%, within 7%, but its interval is not
+    assert near.machine_relative and near.within(0.07) and near.drop_spread > 0.02
+    assert not near.surely_within(0.07)
+    steady = compare_speed(1.0, [0.995, 1.0, 1.005, 0.99, 1.01] * 4, stored)
+    assert steady.surely_within(0.07)
+    slow = compare_speed(1.0, [0.90, 0.895, 0.905, 0.90] * 5, stored)
+    assert not slow.within(0.07) and not slow.surely_within(0.07)
+    disturbed = compare_speed(1.0, [0.2, 0.25, 1.0, 0.99, 1.01, 1.0, 1.0], stored)  # two runs hit by a burst
+    assert disturbed.surely_within(0.07)  # a robust spread: the burst does not widen the interval
+    assert median_interval([1.0]) == float("inf")  # one run says nothing about its spread
+    assert median_interval([1.0, 1.0, 1.0]) == 0.0
+    # The best call's figure (CUDA, older records) is good enough as soon as a run comes within the limit.
+    assert SpeedComparison(0.95, 1.0, False).surely_within(0.07)
+    assert not SpeedComparison(0.9, 1.0, False).surely_within(0.07)
