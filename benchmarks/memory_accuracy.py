@@ -32,11 +32,10 @@ from pytest_sdopt.devices import resolve_device
 from pytest_sdopt.models import resolve_model
 from pytest_sdopt.optimizations import parse_stack
 from pytest_sdopt.runner import Runner, call_kwargs
-from pytest_sdopt.scenario import Scenario
 
 model, stack_name, mode = sys.argv[1:4]
 source, stack, device = resolve_model(model), parse_stack(stack_name), resolve_device("auto")
-scenario = Scenario(model, str(device), source.default_prompt, 1, source.default_size, source.default_steps, 7.5)
+scenario = source.scenario(str(device))
 pipe = source.load()
 stack.apply(pipe, device)
 out = {"host": None, "vram": None}

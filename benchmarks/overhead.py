@@ -32,11 +32,10 @@ def measure(pairs: int = 9, stacks: str | None = None, model: str = "tiny") -> l
     from pytest_sdopt.models import resolve_model
     from pytest_sdopt.optimizations import REGISTRY, parse_stack
     from pytest_sdopt.runner import Runner, call_kwargs
-    from pytest_sdopt.scenario import Scenario
 
     source = resolve_model(model)
     device = resolve_device("auto")
-    scenario = Scenario(model, str(device), source.default_prompt, 1, source.default_size, source.default_steps, 7.5)
+    scenario = source.scenario(str(device))
     env = describe(device)
     findings = []
     for name in (stacks.split(",") if stacks else list(REGISTRY)):

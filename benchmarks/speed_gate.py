@@ -81,10 +81,9 @@ from pytest_sdopt.devices import intra_op_threads
 from pytest_sdopt.models import resolve_model
 from pytest_sdopt.optimizations import parse_stack
 from pytest_sdopt.runner import Runner
-from pytest_sdopt.scenario import Scenario
 
 source = resolve_model("tiny")
-scenario = Scenario("tiny", "cpu", source.default_prompt, 1, source.default_size, source.default_steps, 7.5)
+scenario = source.scenario("cpu")
 threads = int(sys.argv[2]) or None
 with intra_op_threads(torch.device("cpu"), threads):
     pipe = source.load()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -21,7 +22,7 @@ from pytest_sdopt.models import resolve_model  # noqa: E402
 from pytest_sdopt.optimizations import REGISTRY, parse_stack  # noqa: E402
 from pytest_sdopt.parsing import parse_image_size  # noqa: E402
 from pytest_sdopt.runner import run_pipeline  # noqa: E402
-from pytest_sdopt.scenario import Measurement, Scenario  # noqa: E402
+from pytest_sdopt.scenario import Measurement  # noqa: E402
 
 
 def main() -> None:
@@ -38,7 +39,7 @@ def main() -> None:
     source = resolve_model(args.model)
     device = resolve_device(args.device)
     size = parse_image_size(args.size) if args.size else source.default_size
-    scenario = Scenario(args.model, str(device), source.default_prompt, 1, size, args.steps or source.default_steps, 7.5)
+    scenario = replace(source.scenario(str(device)), size=size, steps=args.steps or source.default_steps)
     env = describe(device)
     print(f"model={args.model} device={device} ({env['device_name']}) size={scenario.size_text} "
           f"steps={scenario.steps} repeats={args.repeats} warmup={args.warmup} torch={env['torch']} "

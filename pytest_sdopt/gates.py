@@ -135,6 +135,11 @@ class StoredMetrics:
     recorded_now: bool = False  # --sdopt-update-baselines just replaced them with this run's
 
 
+def _of_runs(statistic: str, runs: int) -> str:
+    """'best of 3 runs', or '1 run' where there was nothing to take the best of."""
+    return "1 run" if runs == 1 else f"{statistic} of {runs} runs"
+
+
 def _relative_not_applicable(gate: str, stored: StoredMetrics, limit_text: str) -> GateOutcome | None:
     if stored.recorded_now:
         return GateOutcome(gate, Status.NOT_APPLICABLE, limit=limit_text,
@@ -164,14 +169,14 @@ def max_its_drop(result: Any, limit: float, stored: StoredMetrics) -> GateOutcom
     notes = []
     if speed.machine_relative:
         spread = f" ± {speed.drop_spread:.1%}" if runs > 1 else ""
-        measured = (f"{its:.2f} it/s (best of {runs} runs); relative to the machine's speed, {-speed.drop:+.1%}"
-                    f"{spread} vs stored (median of {runs} runs)")
+        measured = (f"{its:.2f} it/s ({_of_runs('best', runs)}); relative to the machine's speed, "
+                    f"{-speed.drop:+.1%}{spread} vs stored ({_of_runs('median', runs)})")
         machine_now, machine_before = statistics.median(result.reference_s), values.get("machine_reference_s")
         if machine_before:
             notes.append(f"the machine ran {abs(machine_now / machine_before - 1):.1%} "
                          f"{'slower' if machine_now > machine_before else 'faster'} than when recorded")
     else:
-        measured = f"{its:.2f} it/s (best of {runs} runs) vs {speed.before:.2f} stored ({-speed.drop:+.1%})"
+        measured = f"{its:.2f} it/s ({_of_runs('best', runs)}) vs {speed.before:.2f} stored ({-speed.drop:+.1%})"
     settled = getattr(result, "settled", None)
     if settled is not None and settled.calls and settled.reason == "checking":
         runs_text = f"{settled.calls} more runs over {settled.seconds:.0f} s (--sdopt-settle)"

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from pytest_sdopt.errors import SdoptUsageError
-from pytest_sdopt.settings import DEFAULT_PROMPT
+from pytest_sdopt.settings import DEFAULT_GUIDANCE, DEFAULT_PROMPT
 
 EMBEDDED = Path(__file__).resolve().parent / "embedded"
 TINY_DIR = EMBEDDED / "tiny"
@@ -44,7 +44,15 @@ class ModelSource:
     default_size: tuple[int, int] | None = None  # None: the pipeline's own default
     default_steps: int | None = None
     default_prompt: str = DEFAULT_PROMPT  # what runs draw unless a prompt is set
+    default_guidance: float = DEFAULT_GUIDANCE
     cache: Path | None = None  # sd15-random: where its weights are saved once (None: built every load)
+
+    def scenario(self, device: str, seed: int = 1) -> Any:
+        """The scenario a run of this model draws when nothing is set (what benchmarks measure)."""
+        from pytest_sdopt.scenario import Scenario
+
+        return Scenario(self.name, device, self.default_prompt, seed, self.default_size, self.default_steps,
+                        self.default_guidance)
 
     def load(self) -> Any:
         """A new float32 pipeline on the CPU; the stack moves it where it runs."""
@@ -67,7 +75,7 @@ def resolve_model(text: str, cache: Path | None = None) -> ModelSource:
     if spec == "tiny":
         facts = json.loads((TINY_DIR / "sdopt_model.json").read_text(encoding="utf-8"))
         return ModelSource("tiny", "embedded", TINY_DIR, tuple(facts["default_size"]), facts["default_steps"],
-                           facts.get("default_prompt", DEFAULT_PROMPT))
+                           facts.get("default_prompt", DEFAULT_PROMPT), facts.get("default_guidance", DEFAULT_GUIDANCE))
     if spec == "sd15-random":
         from pytest_sdopt.architectures import SD15
 

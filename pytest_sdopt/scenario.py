@@ -9,7 +9,7 @@ from dataclasses import dataclass
 class Scenario:
     """Model, device, prompt, seed, size, steps, guidance: everything that decides the image.
 
-    `prompt`, `size` and `steps` are None only until the model's defaults are filled in.
+    `prompt`, `size`, `steps` and `guidance` are None only until the model's defaults are filled in.
     """
 
     model: str
@@ -18,7 +18,7 @@ class Scenario:
     seed: int
     size: tuple[int, int] | None
     steps: int | None
-    guidance: float
+    guidance: float | None
 
     @property
     def size_text(self) -> str:

@@ -22,8 +22,10 @@ if TYPE_CHECKING:
     from pytest_sdopt.scenario import Measurement, Scenario
 
 REFERENCE = "fp32"  # the default reference stack; optimizations.py names the same one
-# The prompt of a model that names none of its own (the embedded `tiny` names a scene it was trained on).
+# The prompt and guidance of a model that names none of its own (the embedded `tiny` names a
+# scene it was trained on, and the guidance it draws cleanly at).
 DEFAULT_PROMPT = "high resolution, a photograph of an astronaut riding a horse"
+DEFAULT_GUIDANCE = 7.5
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 
@@ -133,7 +135,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("seed", "generator seed (default 1)", 1, lambda v, w: parse_int(v, w, 0), metavar="N"),
     Setting("size", "image size WxH, e.g. 512x512 (default: the model's)", None, _size, metavar="WxH"),
     Setting("steps", "denoising steps (default: the model's)", None, lambda v, w: parse_int(v, w, 1), metavar="N"),
-    Setting("guidance", "classifier-free guidance scale (default 7.5)", 7.5,
+    Setting("guidance", "classifier-free guidance scale (default: the model's own, else 7.5)", None,
             lambda v, w: parse_float(v, w, 0.0), metavar="SCALE"),
     Setting("repeats", "measured runs per stack (default 3)", 3, lambda v, w: parse_int(v, w, 1),
             kind="measurement", metavar="N"),

@@ -1,31 +1,49 @@
 #!/usr/bin/env python
-"""Regenerate the embedded `tiny` model: pytest_sdopt/embedded/tiny/, byte for byte.
+"""Train the embedded `tiny` model and write it to pytest_sdopt/embedded/tiny/.
 
-    python scripts/make_tiny_model.py            # rewrite the shipped files
-    python scripts/make_tiny_model.py --out DIR  # write elsewhere (the tests compare the two)
+    python scripts/make_tiny_model.py               # train (~1 h on 2 CPU cores) and rewrite the shipped files
+    python scripts/make_tiny_model.py --out DIR     # write elsewhere
+    python scripts/make_tiny_model.py --quick --out DIR   # a few steps: checks the script, draws nothing
+    python scripts/make_tiny_model.py --from DIR    # only the last stage, on a model written with --tile-steps 0
 
-The weights are seeded random (see pytest_sdopt/architectures.py for the topology). The
-tokenizer is a CLIP-style byte-level BPE trained here on a small prompt vocabulary, so the
-model needs nothing from the hub. Configs are written as minimal JSON (no library version
-stamps), so the same torch and diffusers produce identical files; `sdopt_model.json` records
-which versions made them and each file's sha256.
+SD 1.5's topology at a small width (pytest_sdopt/architectures.py), trained from a seed on
+procedurally drawn, captioned scenes (pytest_sdopt/scenes.py: "a red circle on a blue
+background"), VAE included; the colour/shape/background combinations in scenes.HELD_OUT
+are never captioned, so tests can ask for scenes the model has not seen. The tokenizer is a
+CLIP-style byte-level BPE trained here on a small prompt vocabulary, so the model needs nothing
+from the hub. Configs are minimal JSON (no library version stamps); `sdopt_model.json` records
+the versions, thread count and recipe that made the weights, the training time and each file's
+sha256: the same seed, versions and thread count give the same files.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import sys
+import time
 from collections import Counter
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from pytest_sdopt.architectures import TINY, build_components  # noqa: E402
 
+if TYPE_CHECKING:
+    from train_tiny import Recipe
+
 SEED = 0
+DEFAULT_PROMPT = "a yellow triangle on a blue background"  # what the model draws unless told
+# Guidance extrapolates from the unconditional prediction, which a model this small learns
+# poorly: held-out prompts drawn in the right colours, 5 seeds each, were 38/40 at guidance 1,
+# 40/40 at 1.5, 29/40 at 2, 3/40 at 3 and 5/40 at SD 1.5's 7.5. 1.5 keeps classifier-free
+# guidance (a batch of 2 through the UNet, as in real use) where it still draws right.
+DEFAULT_GUIDANCE = 1.5
 BOS, EOS = "<|startoftext|>", "<|endoftext|>"
 MERGES = 600
 
@@ -122,18 +140,10 @@ def write_model(folder: Path, config: dict, module, weights_name: str) -> None:
     save_file(state, str(folder / weights_name), metadata={"format": "pt"})
 
 
-def generate(out: Path) -> None:
-    import diffusers
-    import torch
-    import transformers
-
-    vocab = write_tokenizer(out / "tokenizer")
-    ids = {"bos_token_id": vocab[BOS], "eos_token_id": vocab[EOS], "pad_token_id": vocab[EOS]}
-    parts = build_components(TINY, SEED, "cpu", vocab_size=len(vocab), special_token_ids=ids)
-
+def write_pipeline(out: Path, parts: dict, vae_config: dict, vocab: dict[str, int], ids: dict[str, int]) -> None:
     write_model(out / "unet", {"_class_name": "UNet2DConditionModel", **TINY.unet}, parts["unet"],
                 "diffusion_pytorch_model.safetensors")
-    write_model(out / "vae", {"_class_name": "AutoencoderKL", **TINY.vae}, parts["vae"],
+    write_model(out / "vae", {"_class_name": "AutoencoderKL", **vae_config}, parts["vae"],
                 "diffusion_pytorch_model.safetensors")
     text_config = {"model_type": "clip_text_model", "architectures": ["CLIPTextModel"],
                    "vocab_size": len(vocab), **TINY.text_encoder, **ids}
@@ -150,29 +160,103 @@ def generate(out: Path) -> None:
         "unet": ["diffusers", "UNet2DConditionModel"],
         "vae": ["diffusers", "AutoencoderKL"],
     })
+
+
+def generate(out: Path, recipe: "Recipe", log=print, trained_before: Path | None = None) -> dict:
+    """Train every stage, or with `trained_before` (a folder this script wrote) only the last one."""
+    import random
+    from dataclasses import asdict
+
+    import diffusers
+    import torch
+    import transformers
+    from train_tiny import encode_pool, train_denoiser, train_vae, tune_decoder_for_tiles
+    from transformers import CLIPTokenizer
+
+    started = time.perf_counter()
+    vocab = write_tokenizer(out / "tokenizer")
+    tokenizer = CLIPTokenizer.from_pretrained(out / "tokenizer")
+    ids = {"bos_token_id": vocab[BOS], "eos_token_id": vocab[EOS], "pad_token_id": vocab[EOS]}
+    if trained_before is None:
+        parts = build_components(TINY, SEED, "cpu", vocab_size=len(vocab), special_token_ids=ids)
+        rng, generator = random.Random(SEED), torch.Generator().manual_seed(SEED)
+        vae_loss = train_vae(parts["vae"], recipe, rng, generator, log)
+        pool = encode_pool(parts["vae"], recipe, rng, generator)
+        scaling_factor, minutes_before = pool.scaling_factor, 0.0
+        log(f"latent pool: {len(pool.captions)} images, scaling factor {pool.scaling_factor}")
+        parts["unet"], parts["text_encoder"], unet_loss = train_denoiser(
+            parts["unet"], parts["text_encoder"], tokenizer, pool, recipe, generator, log)
+    else:
+        parts, before = load_trained(trained_before, recipe)
+        scaling_factor, minutes_before = parts["vae"].config.scaling_factor, before["minutes"]
+        vae_loss, unet_loss = before["vae_reconstruction_loss"], before["unet_noise_mse"]
+    tile_loss = tune_decoder_for_tiles(parts["vae"], recipe, SEED + 1, log) if recipe.tile_steps else None
+    seconds = time.perf_counter() - started + 60 * minutes_before
+
+    write_pipeline(out, parts, {**TINY.vae, "scaling_factor": scaling_factor}, vocab, ids)
     hashes = {
         path.relative_to(out).as_posix(): hashlib.sha256(path.read_bytes()).hexdigest()
         for path in sorted(out.rglob("*")) if path.is_file() and path.name != "sdopt_model.json"
     }
-    write_json(out / "sdopt_model.json", {
+    facts = {
         "name": TINY.name,
         "seed": SEED,
         "made_by": "scripts/make_tiny_model.py",
         "made_with": {"torch": torch.__version__.split("+")[0], "diffusers": diffusers.__version__,
-                      "transformers": transformers.__version__},
+                      "transformers": transformers.__version__, "threads": torch.get_num_threads()},
         "default_size": list(TINY.default_size),
         "default_steps": TINY.default_steps,
+        "default_prompt": DEFAULT_PROMPT,
+        "default_guidance": DEFAULT_GUIDANCE,
+        "trained": {"recipe": asdict(recipe), "minutes": round(seconds / 60, 1),
+                    "vae_reconstruction_loss": round(vae_loss, 5), "unet_noise_mse": round(unet_loss, 5),
+                    "tile_reconstruction_loss": None if tile_loss is None else round(tile_loss, 5)},
         "sha256": hashes,
-    })
+    }
+    write_json(out / "sdopt_model.json", facts)
+    return facts
+
+
+def load_trained(folder: Path, recipe: "Recipe") -> tuple[dict, dict]:
+    """The VAE, UNet and text encoder of a model this script wrote with the same recipe's earlier
+    stages, as they were when those stages ended (safetensors round-trip float32 exactly)."""
+    from dataclasses import asdict
+
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    facts = json.loads((folder / "sdopt_model.json").read_text())
+    earlier = {name: value for name, value in asdict(recipe).items() if not name.startswith("tile_")}
+    stored = {name: value for name, value in facts["trained"]["recipe"].items() if not name.startswith("tile_")}
+    if stored != earlier:
+        raise SystemExit(f"{folder} was trained with another recipe ({stored}); train from scratch instead")
+    if facts["trained"]["recipe"].get("tile_steps"):
+        raise SystemExit(f"{folder}'s decoder is already tuned for tiles; --from takes a model written with "
+                         "--tile-steps 0 (or before the stage existed)")
+    parts = {"vae": AutoencoderKL.from_pretrained(folder / "vae"),
+             "unet": UNet2DConditionModel.from_pretrained(folder / "unet"),
+             "text_encoder": CLIPTextModel.from_pretrained(folder / "text_encoder")}
+    return parts, facts["trained"]
 
 
 def main() -> None:
+    from train_tiny import QUICK, Recipe
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=REPO / "pytest_sdopt" / "embedded" / "tiny")
+    parser.add_argument("--quick", action="store_true", help="a few steps of each part: a smoke test of the script")
+    parser.add_argument("--from", dest="trained_before", type=Path, metavar="DIR",
+                        help="take the VAE and denoiser stages from DIR (written by this script, same recipe) "
+                             "and run only the last stage: the decoder's tile fine-tuning")
+    parser.add_argument("--tile-steps", type=int, metavar="N", help="steps of the last stage (0: skip it)")
     args = parser.parse_args()
-    generate(args.out)
+    recipe = QUICK if args.quick else Recipe()
+    if args.tile_steps is not None:
+        recipe = dataclasses.replace(recipe, tile_steps=args.tile_steps)
+    facts = generate(args.out, recipe, log=lambda line: print(line, flush=True),
+                     trained_before=args.trained_before)
     total = sum(p.stat().st_size for p in args.out.rglob("*") if p.is_file())
-    print(f"wrote {args.out} ({total / 1e6:.2f} MB)")
+    print(f"wrote {args.out} ({total / 1e6:.2f} MB) in {facts['trained']['minutes']} min")
 
 
 if __name__ == "__main__":

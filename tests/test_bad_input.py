@@ -3,7 +3,6 @@ clear message and exit status it must give. None may end in INTERNALERROR or a b
 
 from pathlib import Path
 
-import numpy as np
 import pytest
 from PIL import Image
 

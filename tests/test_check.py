@@ -43,8 +43,8 @@ def test_before_baselines_exist_each_test_fails_and_names_the_command_that_recor
     result.assert_outcomes(failed=4)
     result.stdout.fnmatch_lines([
         "*sdopt: stack 'fp16' failed 1 of 2 gates (tiny, 64x64, 2 steps, seed 1, cpu):",
-        "*FAIL  min_ssim*limit >= 0.95 against fp32's baseline",
-        "*no baseline image of 'fp32' for this scenario (expected baselines/tiny/64x64-2steps-seed1-cfg7.5-p*/fp32.png).",
+        "*FAIL  min_ssim*limit >= 0.85 against fp32's baseline",
+        "*no baseline image of 'fp32' for this scenario (expected baselines/tiny/64x64-2steps-seed1-cfg1.5-p*/fp32.png).",
         "*Record it with:",
         "*pytest -p pytest_sdopt * 'test_optimizations_hold.py::test_optimizations_hold?fp16?' --sdopt-update-baselines",
         "*n/a   max_vram            limit <= 5.10 GB: no CUDA allocator on a cpu run",
@@ -79,7 +79,7 @@ def test_impossible_gates_fail_with_one_listing_of_every_violated_gate(downstrea
         "*FAIL  max_host_memory     measured * MB, limit <= 1.00 MB",
         "*FAIL  min_its             measured * it/s, limit >= 1e+09 it/s",
         "*n/a   max_vram*",
-        "*pass  min_ssim            measured SSIM 0.9* against fp32's baseline, limit >= 0.95",
+        "*pass  min_ssim            measured SSIM 0.9* against fp32's baseline, limit >= 0.85",
     ])
     result.stdout.fnmatch_lines(["*fp16+tome*FAIL: max_host_memory, min_its (n/a: max_vram)"])
 
@@ -92,7 +92,7 @@ def test_a_baseline_replaced_by_noise_fails_and_leaves_actual_baseline_and_diff_
     result = downstream("-k", "fp16 and not tome and not vae")
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines([
-        "*FAIL  min_ssim            measured SSIM 0.0* against fp32's baseline, limit >= 0.95",
+        "*FAIL  min_ssim            measured SSIM 0.0* against fp32's baseline, limit >= 0.85",
         "*actual:   .sdopt/test_optimizations_hold.py--test_optimizations_hold?fp16?/fp16/actual.png",
         "*baseline: .sdopt/*/fp16/baseline.png",
         "*diff:     .sdopt/*/fp16/diff.png",
@@ -140,8 +140,8 @@ def test_a_stored_speed_figure_catches_an_unmistakable_slowdown(run_sdopt, pytes
     run_sdopt(source, "--sdopt-update-baselines").assert_outcomes(passed=1)
     result = run_sdopt(source, "--sdopt-max-its-drop", "50%")
     result.assert_outcomes(failed=1)
-    result.stdout.fnmatch_lines(["*FAIL  max_its_drop        measured * it/s (best of * runs)* vs * stored (-*%), "
-                                 "limit <= 50% slower than stored"])
+    result.stdout.fnmatch_lines(["*FAIL  max_its_drop        measured * it/s (1 run); relative to the machine's speed, "
+                                 "-*% vs stored (1 run), limit <= 50% slower than stored"])
     # Switched off, the same run passes: the failure came from the stored figure alone.
     run_sdopt(source).assert_outcomes(passed=1)
 

@@ -2,7 +2,6 @@
 gets a GPU of its own, and more workers than GPUs is refused unless sharing is asked for."""
 
 import pytest
-import torch
 
 from pytest_sdopt.devices import resolve_device, xdist_worker
 from pytest_sdopt.errors import SdoptUsageError

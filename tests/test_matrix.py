@@ -3,12 +3,10 @@
 from pathlib import Path
 
 import pytest
-from PIL import Image
 
 from pytest_sdopt.baselines import BaselineStore
 from pytest_sdopt.models import resolve_model
 from pytest_sdopt.optimizations import REGISTRY
-from pytest_sdopt.scenario import Scenario
 from tests.conftest import CPU_STACKS, FAST
 
 REPO = Path(__file__).resolve().parent.parent
@@ -74,7 +72,7 @@ def test_a_bad_matrix_list_is_a_usage_error(pytester, value, message):
 def test_the_shipped_baselines_cover_the_main_job_on_the_embedded_model():
     """The README's main job runs the matrix on tiny's default scenario: its images must be in baselines/."""
     tiny = resolve_model("tiny")
-    scenario = Scenario("tiny", "cpu", tiny.default_prompt, 1, tiny.default_size, tiny.default_steps, 7.5)
+    scenario = tiny.scenario("cpu")
     store = BaselineStore(REPO / "baselines", REPO / ".sdopt" / ".locks")
     for stack in [*CPU_STACKS[:-1], "compile"]:
         image = store.read_image(scenario, stack)

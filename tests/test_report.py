@@ -4,7 +4,6 @@ junitxml properties, and the HTML report, opened in a real headless browser wher
 import json
 import shutil
 import subprocess
-import sys
 import xml.etree.ElementTree as ET
 from html.parser import HTMLParser
 from pathlib import Path
