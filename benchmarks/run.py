@@ -26,7 +26,7 @@ from findings import PYTHON, Finding, load_findings, render
 
 HERE = Path(__file__).resolve().parent
 PARTS = {  # name: (script, arguments, --quick arguments)
-    "overhead": ("overhead.py", ["--pairs", "9"], ["--pairs", "3"]),
+    "overhead": ("overhead.py", ["--pairs", "21"], ["--pairs", "3"]),
     "matrix": ("matrix_floor.py", ["--rounds", "3"], ["--rounds", "1"]),
     "import": ("import_cost.py", ["--rounds", "15"], ["--rounds", "3"]),
     "memory": ("memory_accuracy.py", [], ["--stacks", "fp32"]),
