@@ -90,33 +90,55 @@ def cosine_schedule(step: int, steps: int, warmup: int, floor: float = 0.1) -> f
     return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
+class Stage:
+    """One training stage's optimiser, warm-up + cosine learning rate, gradient clipping and
+    progress line: the part every stage shares."""
+
+    def __init__(self, name: str, parameters: Any, lr: float, steps: int, log: Callable[[str], None],
+                 reading: str, weight_decay: float = 0.0, window: int = 50):
+        self.parameters = list(parameters)
+        self.optimizer = torch.optim.AdamW(self.parameters, lr=lr, betas=(0.9, 0.99), weight_decay=weight_decay)
+        warmup = max(1, steps // 20)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda step: cosine_schedule(step, steps, warmup))
+        self.name, self.steps, self.log, self.reading, self.window = name, steps, log, reading, window
+        self.done, self.recent, self.started = 0, [], time.perf_counter()
+
+    def step(self, loss: torch.Tensor, reading: float) -> None:
+        """Back-propagate `loss` and update; `reading` is the figure the progress line averages."""
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.parameters, 1.0)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.done += 1
+        self.recent = (self.recent + [reading])[-self.window:]
+        if self.done % 100 == 0 or self.done == self.steps:
+            self.log(f"{self.name:<5} {self.done:5d}/{self.steps}  {self.reading} {self.mean:.4f}  "
+                     f"{time.perf_counter() - self.started:.0f} s")
+
+    @property
+    def mean(self) -> float:
+        """The reading averaged over the last `window` steps."""
+        return sum(self.recent) / len(self.recent)
+
+
 def train_vae(vae: Any, recipe: Recipe, rng: random.Random, generator: torch.Generator,
               log: Callable[[str], None]) -> float:
     """Reconstruction (MSE + L1) with a light KL term, on freshly drawn training scenes."""
     scenes = training_scenes()
     vae.train().requires_grad_(True)
-    optimizer = torch.optim.AdamW(vae.parameters(), lr=recipe.vae_lr, betas=(0.9, 0.99), weight_decay=0.0)
-    warmup = max(1, recipe.vae_steps // 20)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: cosine_schedule(s, recipe.vae_steps, warmup))
-    started, recent = time.perf_counter(), []
-    for step in range(recipe.vae_steps):
+    stage = Stage("vae", vae.parameters(), recipe.vae_lr, recipe.vae_steps, log, "reconstruction")
+    for _ in range(recipe.vae_steps):
         images = images_of([rng.choice(scenes) for _ in range(recipe.vae_batch)], rng)
         posterior = vae.encode(images).latent_dist
         latents = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=generator)
         rebuilt = vae.decode(latents).sample
         reconstruction = F.mse_loss(rebuilt, images) + F.l1_loss(rebuilt, images)
         loss = reconstruction + recipe.kl_weight * posterior.kl().mean()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
-        optimizer.step()
-        scheduler.step()
-        recent = (recent + [reconstruction.item()])[-50:]
-        if (step + 1) % 100 == 0 or step + 1 == recipe.vae_steps:
-            log(f"vae  {step + 1:5d}/{recipe.vae_steps}  reconstruction {sum(recent) / len(recent):.4f}  "
-                f"{time.perf_counter() - started:.0f} s")
+        stage.step(loss, reconstruction.item())
     vae.eval().requires_grad_(False)
-    return sum(recent) / len(recent)
+    return stage.mean
 
 
 def tune_decoder_for_tiles(vae: Any, recipe: Recipe, seed: int, log: Callable[[str], None]) -> float:
@@ -134,11 +156,8 @@ def tune_decoder_for_tiles(vae: Any, recipe: Recipe, seed: int, log: Callable[[s
     vae.decoder.train()
     for parameter in trained:
         parameter.requires_grad_(True)
-    optimizer = torch.optim.AdamW(trained, lr=recipe.tile_lr, betas=(0.9, 0.99), weight_decay=0.0)
-    warmup = max(1, recipe.tile_steps // 20)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: cosine_schedule(s, recipe.tile_steps, warmup))
-    started, recent = time.perf_counter(), []
-    for step in range(recipe.tile_steps):
+    stage = Stage("tiles", trained, recipe.tile_lr, recipe.tile_steps, log, "reconstruction")
+    for _ in range(recipe.tile_steps):
         images = images_of([rng.choice(scenes) for _ in range(recipe.tile_batch)], rng)
         with torch.no_grad():
             posterior = vae.encode(images).latent_dist
@@ -150,17 +169,9 @@ def tune_decoder_for_tiles(vae: Any, recipe: Recipe, seed: int, log: Callable[[s
         target = images[:, :, top * scale:(top + height) * scale, left * scale:(left + width) * scale]
         rebuilt = vae.decode(latents[:, :, top:top + height, left:left + width]).sample
         loss = F.mse_loss(rebuilt, target) + F.l1_loss(rebuilt, target)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(trained, 1.0)
-        optimizer.step()
-        scheduler.step()
-        recent = (recent + [loss.item()])[-50:]
-        if (step + 1) % 100 == 0 or step + 1 == recipe.tile_steps:
-            log(f"tiles {step + 1:5d}/{recipe.tile_steps}  reconstruction {sum(recent) / len(recent):.4f}  "
-                f"{time.perf_counter() - started:.0f} s")
+        stage.step(loss, loss.item())
     vae.eval().requires_grad_(False)
-    return sum(recent) / len(recent)
+    return stage.mean
 
 
 @dataclass
@@ -224,13 +235,10 @@ def train_denoiser(unet: Any, text_encoder: Any, tokenizer: Any, pool: LatentPoo
     modules = [unet, text_encoder]
     for module in modules:
         module.train().requires_grad_(True)
-    parameters = [p for module in modules for p in module.parameters()]
-    optimizer = torch.optim.AdamW(parameters, lr=recipe.unet_lr, betas=(0.9, 0.99), weight_decay=0.01)
-    warmup = max(1, recipe.unet_steps // 20)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: cosine_schedule(s, recipe.unet_steps, warmup))
+    stage = Stage("unet", (p for module in modules for p in module.parameters()), recipe.unet_lr,
+                  recipe.unet_steps, log, "noise mse", weight_decay=0.01, window=100)
     ema = Ema(modules, recipe.ema_decay)
-    started, recent = time.perf_counter(), []
-    for step in range(recipe.unet_steps):
+    for _ in range(recipe.unet_steps):
         pick = torch.randint(len(pool.captions), (recipe.unet_batch,), generator=generator)
         latents = pool.means[pick] + pool.stds[pick] * torch.randn(pool.means[pick].shape, generator=generator)
         latents = latents * pool.scaling_factor
@@ -243,15 +251,7 @@ def train_denoiser(unet: Any, text_encoder: Any, tokenizer: Any, pool: LatentPoo
         predicted = unet(noisy, timesteps, context).sample
         per_sample = F.mse_loss(predicted, noise, reduction="none").mean(dim=(1, 2, 3))
         loss = (per_sample * weights[timesteps]).mean()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(parameters, 1.0)
-        optimizer.step()
-        scheduler.step()
+        stage.step(loss, per_sample.mean().item())
         ema.update()
-        recent = (recent + [per_sample.mean().item()])[-100:]
-        if (step + 1) % 100 == 0 or step + 1 == recipe.unet_steps:
-            log(f"unet {step + 1:5d}/{recipe.unet_steps}  noise mse {sum(recent) / len(recent):.4f}  "
-                f"{time.perf_counter() - started:.0f} s")
     unet_ema, text_ema = ema.shadow
-    return unet_ema.eval(), text_ema.eval(), sum(recent) / len(recent)
+    return unet_ema.eval(), text_ema.eval(), stage.mean
