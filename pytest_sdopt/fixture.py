@@ -119,10 +119,7 @@ class Sdopt:
         scenario, measurement = resolve_run(self._session.settings, marker, keyword_overrides(overrides, where))
         source = self._session.model(scenario.model)
         device = resolve_device(scenario.device, xdist_worker(), self._session.settings["share-gpus"])
-        scenario = replace(scenario, device=str(device), size=scenario.size or source.default_size,
-                           steps=scenario.steps or source.default_steps,
-                           prompt=source.default_prompt if scenario.prompt is None else scenario.prompt,
-                           guidance=source.default_guidance if scenario.guidance is None else scenario.guidance)
+        scenario = source.complete(replace(scenario, device=str(device)))
         unmet = parsed.unmet_requirement(device.type)
         if unmet is not None and runnable_here:
             raise unmet

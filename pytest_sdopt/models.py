@@ -47,12 +47,19 @@ class ModelSource:
     default_guidance: float = DEFAULT_GUIDANCE
     cache: Path | None = None  # sd15-random: where its weights are saved once (None: built every load)
 
+    def complete(self, scenario: Any) -> Any:
+        """`scenario` with what it leaves unset (None) taken from this model's defaults."""
+        from dataclasses import replace
+
+        return replace(scenario, size=scenario.size or self.default_size, steps=scenario.steps or self.default_steps,
+                       prompt=self.default_prompt if scenario.prompt is None else scenario.prompt,
+                       guidance=self.default_guidance if scenario.guidance is None else scenario.guidance)
+
     def scenario(self, device: str, seed: int = 1) -> Any:
         """The scenario a run of this model draws when nothing is set (what benchmarks measure)."""
         from pytest_sdopt.scenario import Scenario
 
-        return Scenario(self.name, device, self.default_prompt, seed, self.default_size, self.default_steps,
-                        self.default_guidance)
+        return self.complete(Scenario(self.name, device, None, seed, None, None, None))
 
     def load(self) -> Any:
         """A new float32 pipeline on the CPU; the stack moves it where it runs."""
