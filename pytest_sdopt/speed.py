@@ -127,10 +127,10 @@ def median_interval(samples: Sequence[float]) -> float:
     the median's efficiency factor 1.2533. inf for fewer than two samples."""
     if len(samples) < 2:
         return float("inf")
+    from scipy.stats import median_abs_deviation
     from scipy.stats import t as student_t
 
-    centre = statistics.median(samples)
-    spread = 1.4826 * statistics.median(abs(sample - centre) for sample in samples)
+    spread = float(median_abs_deviation(samples, scale="normal"))  # 1.4826 x MAD
     return float(student_t.ppf(0.975, len(samples) - 1)) * 1.2533 * spread / len(samples) ** 0.5
 
 
