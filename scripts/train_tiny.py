@@ -40,6 +40,7 @@ class Recipe:
     unet_steps: int = 7000
     unet_batch: int = 48
     unet_lr: float = 1e-3
+    word_codes: bool = True  # the text encoder's layers left as identities: see make_words_independent
     uncond_probability: float = 0.1  # captions dropped, so classifier-free guidance has an unconditional model
     ema_decay: float = 0.999
     min_snr_gamma: float = 5.0
@@ -213,6 +214,26 @@ class Ema:
                 average.lerp_(live, 1 - decay)
 
 
+def make_words_independent(text_encoder: Any) -> None:
+    """Turn the text encoder's transformer layers into identities (residual branches zeroed) and
+    freeze them: each position's output is then its word's embedding plus its position's, so
+    "red" in the colour slot and "circle" in the shape slot mean the same whatever else the
+    caption says.
+
+    Why: trained freely on 82 captions, the layers learn whole captions. The positions after the
+    last word (the padding, most of the 77) each summarise the caption, and the UNet read the
+    shape from that summary, so for a held-out caption (a colour pair it had seen with other
+    shapes) it drew one of those shapes whatever the prompt named (10/40, chance). The layers
+    still run, so the topology and the work per call are SD's.
+    """
+    # transformers 5 dropped the `text_model` wrapper that 4.x puts around the encoder.
+    for layer in getattr(text_encoder, "text_model", text_encoder).encoder.layers:
+        for branch_out in (layer.self_attn.out_proj, layer.mlp.fc2):
+            torch.nn.init.zeros_(branch_out.weight)
+            torch.nn.init.zeros_(branch_out.bias)
+        layer.requires_grad_(False)
+
+
 def train_denoiser(unet: Any, text_encoder: Any, tokenizer: Any, pool: LatentPool, recipe: Recipe,
                    generator: torch.Generator, log: Callable[[str], None]) -> tuple[Any, Any, float]:
     """UNet and text encoder together, epsilon prediction on SD 1.5's noise schedule, min-SNR
@@ -235,7 +256,10 @@ def train_denoiser(unet: Any, text_encoder: Any, tokenizer: Any, pool: LatentPoo
     modules = [unet, text_encoder]
     for module in modules:
         module.train().requires_grad_(True)
-    stage = Stage("unet", (p for module in modules for p in module.parameters()), recipe.unet_lr,
+    if recipe.word_codes:
+        make_words_independent(text_encoder)
+    trained = [p for module in modules for p in module.parameters() if p.requires_grad]
+    stage = Stage("unet", trained, recipe.unet_lr,
                   recipe.unet_steps, log, "noise mse", weight_decay=0.01, window=100)
     ema = Ema(modules, recipe.ema_decay)
     for _ in range(recipe.unet_steps):

@@ -14,11 +14,13 @@ from pytest_sdopt.models import resolve_model
 from pytest_sdopt.scenes import Scene, held_out_scenes, read_scene, training_scenes
 
 SEEDS = (1, 2, 3, 4, 5)
-# Drawn at random, a colour pair would be right about 1 time in 30 and a shape 1 in 3. Measured
-# on the shipped weights: held-out colours 40/40, trained prompts' shapes 34/40; held-out shapes
-# are at chance (10/40), so the test does not ask for them (README, "The embedded model").
+# Drawn at random, a colour pair would be right about 1 time in 30 and a shape 1 in 3 (13 of 40;
+# 19 or more happens by chance about 4 times in 100). Measured on the shipped weights: held-out
+# colours 40/40 and shapes 23/40 (circles 15/15, squares 8/25: its squares come out with round
+# corners, and read as circles), trained prompts' shapes 39/40.
 HELD_OUT_COLOURS_RIGHT = 36  # of 40: 8 prompts it never saw x 5 seeds
-TRAINED_SHAPES_RIGHT = 28  # of 40: 8 trained prompts x 5 seeds
+HELD_OUT_SHAPES_RIGHT = 19  # of 40
+TRAINED_SHAPES_RIGHT = 34  # of 40: 8 trained prompts x 5 seeds
 
 
 @pytest.fixture(scope="module")
@@ -41,11 +43,20 @@ def readings(tiny, scenes):
     return [read_scene(drawn(tiny, scene.caption, seed), scene) for scene in scenes for seed in SEEDS]
 
 
-def test_prompts_it_never_saw_are_drawn_in_the_named_colours_where_the_prompt_puts_them(tiny):
+@pytest.fixture(scope="module")
+def held_out(tiny):
+    return readings(tiny, held_out_scenes())
+
+
+def test_prompts_it_never_saw_are_drawn_in_the_named_colours_where_the_prompt_puts_them(held_out):
     """Shape's colour at the centre, background's at the border: both must be the named ones."""
-    held_out = readings(tiny, held_out_scenes())
     right = sum(reading.matches for reading in held_out)
     assert right >= HELD_OUT_COLOURS_RIGHT, f"{right}/{len(held_out)}:\n" + "\n".join(map(str, held_out))
+
+
+def test_prompts_it_never_saw_are_drawn_in_the_named_shape_more_often_than_chance(held_out):
+    right = sum(reading.matches_shape for reading in held_out)
+    assert right >= HELD_OUT_SHAPES_RIGHT, f"{right}/{len(held_out)}:\n" + "\n".join(map(str, held_out))
 
 
 def test_trained_prompts_are_drawn_in_the_named_shape(tiny):
@@ -121,6 +132,7 @@ def test_the_ssim_gate_passes_drift_and_fails_a_stack_that_ignores_the_prompt(ru
     for stack in ("tome", "vae_tiling"):
         assert REGISTRY[stack].default_min_ssim <= ssim[stack] < 0.999, ssim  # drifts, measurably, within its tolerance
         assert runs[stack]["outcome"] == "passed"
+    print(ssim)  # shown with -s: the README quotes these
     assert ssim["prompt_blind"] < min(REGISTRY[s].default_min_ssim for s in ("tome", "vae_tiling")), ssim
     assert runs["prompt_blind"]["outcome"] == "failed"
     result.stdout.fnmatch_lines(["*FAIL  min_ssim*"])
