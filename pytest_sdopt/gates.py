@@ -168,7 +168,7 @@ def max_its_drop(result: Any, limit: float, stored: StoredMetrics) -> GateOutcom
     passed = speed.within(limit)
     notes = []
     if speed.machine_relative:
-        spread = f" ± {speed.drop_spread:.1%}" if runs > 1 else ""
+        spread = f" ± {speed.drop_spread:.1%}" if speed.drop_spread < float("inf") else ""
         measured = (f"{its:.2f} it/s ({_of_runs('best', runs)}); relative to the machine's speed, "
                     f"{-speed.drop:+.1%}{spread} vs stored ({_of_runs('median', runs)})")
         machine_now, machine_before = statistics.median(result.reference_s), values.get("machine_reference_s")

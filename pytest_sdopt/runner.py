@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 from pytest_sdopt.devices import synchronize
-from pytest_sdopt.machine import ReferenceWorkload, machine_relative_its, machine_relative_samples
+from pytest_sdopt.machine import REFERENCE_NAME, ReferenceWorkload, machine_relative_its, machine_relative_samples
 from pytest_sdopt.memory import trackers_for
 from pytest_sdopt.optimizations import Stack
 from pytest_sdopt.scenario import Measurement, Scenario
@@ -59,6 +59,11 @@ class RunResult:
     def machine_relative_its(self) -> float | None:
         """Steps per second relative to the machine's speed (machine.py): what max_its_drop compares on CPU."""
         return machine_relative_its(self.step_times_s, self.reference_s)
+
+    @property
+    def machine_reference(self) -> str | None:
+        """Which reference workload `machine_relative_its` is relative to (machine.REFERENCE_NAME)."""
+        return REFERENCE_NAME if self.reference_s else None
 
     @property
     def machine_reference_s(self) -> float | None:

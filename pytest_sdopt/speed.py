@@ -10,8 +10,10 @@ interval on them would be precise about the wrong thing). Hence:
 
 - on CPU, each measured call is timed beside a fixed reference workload (machine.py), and the
   figure is the median over calls of it/s x the reference's seconds: speed *relative to the
-  machine*, which moved 2.9% where the raw speed moved 10.5% (one thread, interleaved);
-- where no reference was timed (CUDA, figures stored before it existed), a call's speed is
+  machine*: across fresh processes it spread 1.1-1.3% where the raw speed spread 3.4-3.8%
+  (one thread; machine.py says how the reference was chosen);
+- where no reference was timed (CUDA, figures stored before it existed or under another
+  reference), a call's speed is
   `1 / median(step times)` and a stack's figure its best call's: interference only slows, so
   the best call is the closest estimate of the machine's undisturbed speed;
 - with `settle` seconds (`--sdopt-settle`), a check whose speed gate would fail keeps measuring
@@ -121,11 +123,17 @@ class SpeedComparison:
         return within_drop(self.now - self.spread, self.before, limit)
 
 
+# Fewer samples give no interval (inf): the median absolute deviation of 3 is the smaller of two
+# distances, near 0 by luck often enough that a slowed check stopped after 3 runs at -5.4%
+# (benchmarks/speed_gate.py), where its 250-run figure read -9%.
+MIN_INTERVAL_SAMPLES = 8
+
+
 def median_interval(samples: Sequence[float]) -> float:
     """Half-width of a 95% interval of the median of `samples`: Student's t on a robust spread
     (1.4826 x the median absolute deviation, so a few disturbed runs do not widen it), times
-    the median's efficiency factor 1.2533. inf for fewer than two samples."""
-    if len(samples) < 2:
+    the median's efficiency factor 1.2533. inf for fewer than MIN_INTERVAL_SAMPLES."""
+    if len(samples) < MIN_INTERVAL_SAMPLES:
         return float("inf")
     from scipy.stats import median_abs_deviation
     from scipy.stats import t as student_t
@@ -135,7 +143,10 @@ def median_interval(samples: Sequence[float]) -> float:
 
 
 def compare_speed(best: float, relative_samples: Sequence[float], stored: dict[str, Any]) -> SpeedComparison:
-    stored_relative = stored.get("machine_relative_its")
+    from pytest_sdopt.machine import REFERENCE_NAME
+
+    # A figure relative to another reference workload (an older version's) is not comparable.
+    stored_relative = stored.get("machine_relative_its") if stored.get("machine_reference") == REFERENCE_NAME else None
     if relative_samples and stored_relative:
         return SpeedComparison(statistics.median(relative_samples), float(stored_relative), True,
                                median_interval(relative_samples))

@@ -19,7 +19,7 @@ ENV = {"device_name": "AMD EPYC", "torch": "2.13.0+cpu", "diffusers": "0.42.1"}
 def result(stack="fp16", its=40.0, env=ENV, seed=0):
     pixels = np.random.default_rng(seed).integers(0, 256, (48, 64, 3), dtype=np.uint8)
     return SimpleNamespace(stack=stack, scenario=SCENARIO, images=[Image.fromarray(pixels)],
-                           image=Image.fromarray(pixels), step_times_s=[[0.1, 0.1]], its=its, best_its=its, machine_relative_its=None, machine_reference_s=None, total_s=0.5,
+                           image=Image.fromarray(pixels), step_times_s=[[0.1, 0.1]], its=its, best_its=its, machine_relative_its=None, machine_reference=None, machine_reference_s=None, total_s=0.5,
                            device="cpu", env=env, peak_vram_bytes=None, peak_vram_reserved_bytes=None,
                            peak_device_bytes=None, peak_host_bytes=500_000_000)
 

@@ -6,6 +6,7 @@ import pytest
 
 from pytest_sdopt import gates
 from pytest_sdopt.gates import ReferenceComparison, Status, StoredMetrics
+from pytest_sdopt.machine import REFERENCE_NAME
 
 GB = 10**9
 
@@ -104,7 +105,8 @@ def test_the_failure_message_lists_failures_first_then_everything_else():
 # A CPU run timed beside the machine's reference workload (machine.py): 10 steps of 20 ms while the
 # reference took 1.5 ms, so 0.075 steps per reference.
 CPU_STORED = StoredMetrics("AMD EPYC | torch 2 | diffusers 0.42", {
-    "its": 50.0, "best_its": 52.0, "machine_relative_its": 50.0 * 0.0015, "machine_reference_s": 0.0015})
+    "its": 50.0, "best_its": 52.0, "machine_relative_its": 50.0 * 0.0015, "machine_reference": REFERENCE_NAME,
+    "machine_reference_s": 0.0015})
 
 
 def cpu_run(step_s: float, reference_s: float, runs: int = 3):
@@ -119,9 +121,12 @@ def test_on_cpu_a_machine_that_slowed_down_as_a_whole_is_not_a_slowdown_of_the_c
 
 
 def test_on_cpu_code_that_slowed_down_on_an_unchanged_machine_fails():
-    code_slow = gates.max_its_drop(cpu_run(0.020 * 1.10, 0.0015), 0.07, CPU_STORED)
+    code_slow = gates.max_its_drop(cpu_run(0.020 * 1.10, 0.0015, runs=8), 0.07, CPU_STORED)
     assert code_slow.failed and code_slow.value == pytest.approx(1 - 1 / 1.10)
-    assert code_slow.measured.startswith("45.45 it/s (best of 3 runs); relative to the machine's speed, -9.1% ± 0.0% vs")
+    assert code_slow.measured.startswith("45.45 it/s (best of 8 runs); relative to the machine's speed, -9.1% ± 0.0% vs")
+    # Too few runs for an interval: the figure alone, no "± inf%".
+    few = gates.max_its_drop(cpu_run(0.020 * 1.10, 0.0015), 0.07, CPU_STORED).measured
+    assert "-9.1% vs stored (median of 3 runs)" in few
     # A fast machine does not hide it either.
     assert gates.max_its_drop(cpu_run(0.020 * 1.10 * 0.8, 0.0015 * 0.8), 0.07, CPU_STORED).failed
 
@@ -132,6 +137,9 @@ def test_figures_recorded_before_the_reference_existed_compare_the_best_run():
     assert outcome.failed and outcome.measured.startswith("40.00 it/s (best of 3 runs) vs 50.00 stored (-20.0%)")
     untimed = run(device="cpu", step_times_s=[[0.02] * 10], reference_s=[])  # a run without the reference
     assert gates.max_its_drop(untimed, 0.07, CPU_STORED).measured.endswith("vs 52.00 stored (-3.8%)")
+    # A figure relative to another reference workload (an older version's) is not comparable either.
+    other = StoredMetrics(CPU_STORED.fingerprint, {**CPU_STORED.values, "machine_reference": "convolutions-0"})
+    assert gates.max_its_drop(cpu_run(0.020, 0.0015), 0.07, other).measured.endswith("vs 52.00 stored (-3.8%)")
 
 
 def test_the_machine_relative_figure_is_the_median_over_calls_and_needs_a_reference_for_each():
@@ -153,7 +161,7 @@ def test_the_reference_workload_is_fixed_and_fast():
 def test_settling_stops_only_once_a_machine_relative_reading_is_surely_within_the_limit():
     from pytest_sdopt.speed import SpeedComparison, compare_speed, median_interval
 
-    stored = {"machine_relative_its": 1.0, "its": 1.0}
+    stored = {"machine_relative_its": 1.0, "machine_reference": REFERENCE_NAME, "its": 1.0}
     near = compare_speed(1.0, [0.96, 0.93, 0.95], stored)  # -5%, within 7%, but its interval is not
     assert near.machine_relative and near.within(0.07) and near.drop_spread > 0.02
     assert not near.surely_within(0.07)
@@ -161,10 +169,13 @@ def test_settling_stops_only_once_a_machine_relative_reading_is_surely_within_th
     assert steady.surely_within(0.07)
     slow = compare_speed(1.0, [0.90, 0.895, 0.905, 0.90] * 5, stored)
     assert not slow.within(0.07) and not slow.surely_within(0.07)
-    disturbed = compare_speed(1.0, [0.2, 0.25, 1.0, 0.99, 1.01, 1.0, 1.0], stored)  # two runs hit by a burst
+    disturbed = compare_speed(1.0, [0.2, 0.25, 1.0, 0.99, 1.01, 1.0, 1.0, 0.995, 1.005], stored)  # two runs hit by a burst
     assert disturbed.surely_within(0.07)  # a robust spread: the burst does not widen the interval
     assert median_interval([1.0]) == float("inf")  # one run says nothing about its spread
-    assert median_interval([1.0, 1.0, 1.0]) == 0.0
+    assert median_interval([1.0] * 8) == 0.0
+    # Three runs that agree by luck are not yet an interval: the check keeps measuring.
+    lucky = compare_speed(1.0, [0.946, 0.945, 0.947], stored)
+    assert lucky.within(0.07) and not lucky.surely_within(0.07)
     # The best call's figure (CUDA, older records) is good enough as soon as a run comes within the limit.
     assert SpeedComparison(0.95, 1.0, False).surely_within(0.07)
     assert not SpeedComparison(0.9, 1.0, False).surely_within(0.07)

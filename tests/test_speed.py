@@ -8,6 +8,7 @@ import json
 import pytest
 
 from pytest_sdopt.fixture import release_memory, watch
+from pytest_sdopt.machine import REFERENCE_NAME
 from pytest_sdopt.speed import RECORDING_FACTOR, Settled, best_its, call_its, drop, settle, stored_best_its
 
 
@@ -193,6 +194,7 @@ def test_cpu_threads_apply_to_the_whole_run_and_key_its_stored_figures(run_sdopt
     assert [key.split(" | ")[0] for key in stored] == [f"{next(iter(stored)).split(' (')[0]} (1 thread)"]
     entry = next(iter(stored.values()))
     assert entry["machine_relative_its"] > 0 and entry["machine_reference_s"] > 0
+    assert entry["machine_reference"] == REFERENCE_NAME
     # Checked without the setting, the figures stored for one thread are not this run's to compare with.
     result = run_sdopt(THREADS.replace('== {1}', '!= set()').replace('assert result.env["cpu_threads"] == "1"', ""),
                        "--sdopt-json", "out.json")

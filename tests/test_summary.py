@@ -16,7 +16,7 @@ def run(stack, its, vram, host=2 * 10**9, scenario=SCENARIO):
     return SimpleNamespace(stack=stack, its=its, peak_vram_bytes=vram, peak_host_bytes=host, device="cuda:0",
                            scenario=scenario, env={}, total_s=1.0, peak_vram_reserved_bytes=vram,
                            peak_device_bytes=None, step_times_s=[[0.1]], best_its=its,
-                           machine_relative_its=None, machine_reference_s=None, reference_s=[], warmup_s=[1.0],
+                           machine_relative_its=None, machine_reference=None, machine_reference_s=None, reference_s=[], warmup_s=[1.0],
                            call_s=[1.0], settled=Settled())
 
 
