@@ -31,8 +31,7 @@ from pytest_sdopt.scenario import Scenario
 
 SCHEMA = 1
 METRIC_FIELDS = ("its", "best_its", "machine_relative_its", "machine_reference", "machine_reference_s", "total_s",
-                 "peak_vram_bytes",
-                 "peak_vram_reserved_bytes", "peak_device_bytes", "peak_host_bytes")
+                 "peak_vram_bytes", "peak_vram_reserved_bytes", "peak_device_bytes", "peak_host_bytes")
 _UNSAFE = re.compile(r"[^A-Za-z0-9._+=-]")
 
 

@@ -11,8 +11,8 @@ The workload is a small UNet-like stack of plain torch modules (no diffusers, no
 residual blocks of convolutions and group norms, attention over the pixels and to a 77-token
 context, a down- and an up-sampling, at the sizes of the embedded model's UNet; seeded, ~4 ms on
 one core. A small model spends much of a step in Python and in torch's per-op dispatch, not in
-arithmetic, so the reference does too: across 14 fresh processes each (benchmarks/speed_gate.py's
-conditions), model steps relative to it spread 1.1-1.3% (standard deviation), against 1.6-2.3%
+arithmetic, so the reference does too: across 14 fresh processes, twice
+(benchmarks/reference_tracking.py), model steps relative to it spread 1.1-1.3% (standard deviation), against 1.6-2.3%
 for the first reference, a few convolutions and attention products (~1.5 ms) that machine states
 slowed differently from the model. The figure is stored with the reference's name
 (`machine_reference`); one stored under another reference is compared as the best call's it/s.
@@ -90,8 +90,6 @@ def _build_unet_like(seed: int) -> Any:
 
 class ReferenceWorkload:
     """A fixed torch workload; `seconds()` times it (the fastest of a few repetitions)."""
-
-    name = REFERENCE_NAME
 
     def __init__(self, seed: int = 0):
         import torch

@@ -13,9 +13,9 @@ interval on them would be precise about the wrong thing). Hence:
   machine*: across fresh processes it spread 1.1-1.3% where the raw speed spread 3.4-3.8%
   (one thread; machine.py says how the reference was chosen);
 - where no reference was timed (CUDA, figures stored before it existed or under another
-  reference), a call's speed is
-  `1 / median(step times)` and a stack's figure its best call's: interference only slows, so
-  the best call is the closest estimate of the machine's undisturbed speed;
+  reference), a call's speed is `1 / median(step times)` and a stack's figure its best call's:
+  interference only slows, so the best call is the closest estimate of the machine's
+  undisturbed speed;
 - with `settle` seconds (`--sdopt-settle`), a check whose speed gate would fail keeps measuring
   for up to that long and fails only if the figure never came within the limit, and a recording
   measures for twice that long, so the stored figure rests on more runs than any check.
