@@ -42,6 +42,12 @@ def add_findings_option(parser) -> None:
     parser.add_argument("--findings-json", default=None, help="also write the findings here (benchmarks/run.py reads it)")
 
 
+def add_model_cache_option(parser) -> None:
+    parser.add_argument("--model-cache", default=None, metavar="DIR",
+                        help="where sd15-random's weights are saved once and read back, as the plugin does "
+                             "under <results-dir>/models (default: built in memory by every load)")
+
+
 def finish(findings: list[Finding], notes: list[str], findings_json: str | None) -> int:
     """Print the notes and the table; write them for run.py when asked. Exit status 1 when a target is missed."""
     print("\n".join([*notes, *render(findings)]))

@@ -8,9 +8,13 @@ reports. The other is a bare script, and the parent reads its lifetime peak RSS 
 size"). They have to be
 two processes: sdopt resets the kernel's high-water mark before a run (/proc/self/clear_refs),
 which also lowers what wait4 reports for that process, so asking the same process would be
-circular. The run is each child's largest moment, so the figures must agree: target within 5%.
-On CUDA the bare child also reports `torch.cuda.max_memory_allocated` of its call, against
-sdopt's VRAM peak: target within 2%.
+circular. On CPU the run is each child's largest moment, so the figures must agree: target
+within 5%. On CUDA it is not: loading stages the weights in host memory before they move to the
+GPU (on an H200, sd15-random's bare child peaked at 4.5 GB while loading and 1.7 GB while drawing).
+There the bare child resets the kernel's high-water mark itself just before its measured call
+(`echo 5 > /proc/self/clear_refs`) and reads VmHWM after it: the kernel's own peak over the same
+window. On CUDA the bare child also reports `torch.cuda.max_memory_allocated` of its call,
+against sdopt's VRAM peak: target within 2%.
 
     .venv/bin/python benchmarks/memory_accuracy.py [--stacks fp32,fp16,bf16,vae_tiling,tome,group_offload]
 """
@@ -22,19 +26,28 @@ import json
 import subprocess
 import sys
 
-from findings import PYTHON, REPO, Finding, add_findings_option, finish
+from findings import (
+    PYTHON,
+    REPO,
+    Finding,
+    add_findings_option,
+    add_model_cache_option,
+    finish,
+)
 
 HOST_TARGET = 0.05
 VRAM_TARGET = 0.02
 CHILD = r"""
 import json, sys, torch
+from pathlib import Path
 from pytest_sdopt.devices import resolve_device
 from pytest_sdopt.models import resolve_model
 from pytest_sdopt.optimizations import parse_stack
 from pytest_sdopt.runner import Runner, call_kwargs
 
-model, stack_name, mode = sys.argv[1:4]
-source, stack, device = resolve_model(model), parse_stack(stack_name), resolve_device("auto")
+model, stack_name, mode, cache = sys.argv[1:5]
+source = resolve_model(model, cache=Path(cache) if cache else None)
+stack, device = parse_stack(stack_name), resolve_device("auto")
 scenario = source.scenario(str(device))
 pipe = source.load()
 stack.apply(pipe, device)
@@ -50,10 +63,14 @@ else:  # what a user's own script does, measured the way they would
         stack.before_each_call(pipe)
         if measured and device.type == "cuda":
             torch.cuda.synchronize(device); torch.cuda.empty_cache(); torch.cuda.reset_peak_memory_stats(device)
+            with open("/proc/self/clear_refs", "w") as clear_refs:  # the kernel's peak RSS starts again here
+                clear_refs.write("5")
         pipe(**call_kwargs(scenario), generator=torch.Generator("cpu").manual_seed(scenario.seed))
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         out["vram"] = torch.cuda.max_memory_allocated(device)
+        with open("/proc/self/status") as status:
+            out["run_hwm"] = next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmHWM:"))
 print("SDOPT-MEMORY " + json.dumps(out))
 """
 
@@ -69,9 +86,9 @@ print(f"SDOPT-MAXRSS {os.waitstatus_to_exitcode(status)} {usage.ru_maxrss * 1024
 """
 
 
-def child_peaks(model: str, stack: str, mode: str) -> tuple[dict, int]:
+def child_peaks(model: str, stack: str, mode: str, cache: str | None = None) -> tuple[dict, int]:
     """What the child printed, and its lifetime peak RSS in bytes from the kernel."""
-    done = subprocess.run([PYTHON, "-c", LAUNCHER, PYTHON, "-c", CHILD, model, stack, mode], cwd=REPO,
+    done = subprocess.run([PYTHON, "-c", LAUNCHER, PYTHON, "-c", CHILD, model, stack, mode, cache or ""], cwd=REPO,
                           capture_output=True, text=True)
     text = done.stdout + done.stderr
     memory = [line for line in text.splitlines() if line.startswith("SDOPT-MEMORY ")]
@@ -81,14 +98,20 @@ def child_peaks(model: str, stack: str, mode: str) -> tuple[dict, int]:
     return json.loads(memory[-1].split(" ", 1)[1]), int(maxrss[-1][2])
 
 
-def measure(stacks: str = "fp32,fp16,bf16,vae_tiling,tome,group_offload", model: str = "tiny") -> tuple[list[Finding], list[str]]:
+def measure(stacks: str = "fp32,fp16,bf16,vae_tiling,tome,group_offload", model: str = "tiny",
+            model_cache: str | None = None) -> tuple[list[Finding], list[str]]:
     findings, details = [], []
     for stack in stacks.split(","):
-        reported, _ = child_peaks(model, stack, "sdopt")
-        bare, os_peak = child_peaks(model, stack, "bare")
+        reported, _ = child_peaks(model, stack, "sdopt", model_cache)
+        bare, lifetime_peak = child_peaks(model, stack, "bare", model_cache)
+        os_peak = bare.get("run_hwm") or lifetime_peak
+        details.append(f"  {stack}: sdopt reports {reported['host'] / 1e6:.1f} MB; the bare run's "
+                       + (f"VmHWM over its measured call is {os_peak / 1e6:.1f} MB (ru_maxrss, load included: "
+                          f"{lifetime_peak / 1e6:.1f} MB)" if bare.get("run_hwm") else f"ru_maxrss is {os_peak / 1e6:.1f} MB"))
         error = reported["host"] / os_peak - 1
-        details.append(f"  {stack}: sdopt reports {reported['host'] / 1e6:.1f} MB; the bare run's ru_maxrss is "
-                       f"{os_peak / 1e6:.1f} MB")
+        if bare["vram"]:
+            details.append(f"  {stack}: sdopt's VRAM peak {reported['vram'] / 1e6:.1f} MB; the bare run's "
+                           f"max_memory_allocated {bare['vram'] / 1e6:.1f} MB")
         findings.append(Finding(f"host peak vs OS ({stack})", f"{error:+.1%}", f"within {HOST_TARGET:.0%}",
                                 abs(error) <= HOST_TARGET, f"benchmarks/memory_accuracy.py --stacks {stack}"))
         if bare["vram"]:
@@ -103,9 +126,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--stacks", default="fp32,fp16,bf16,vae_tiling,tome,group_offload")
     parser.add_argument("--model", default="tiny")
+    add_model_cache_option(parser)
     add_findings_option(parser)
     args = parser.parse_args()
-    return finish(*measure(args.stacks, args.model), args.findings_json)
+    return finish(*measure(args.stacks, args.model, args.model_cache), args.findings_json)
 
 
 if __name__ == "__main__":

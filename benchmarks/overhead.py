@@ -17,13 +17,21 @@ import argparse
 import statistics
 import sys
 import time
+from pathlib import Path
 
-from findings import Finding, add_findings_option, finish, on_path
+from findings import (
+    Finding,
+    add_findings_option,
+    add_model_cache_option,
+    finish,
+    on_path,
+)
 
 TARGET = 1.03
 
 
-def measure(pairs: int = 21, stacks: str | None = None, model: str = "tiny") -> list[Finding]:
+def measure(pairs: int = 21, stacks: str | None = None, model: str = "tiny",
+            model_cache: str | None = None) -> list[Finding]:
     on_path()
     import torch
 
@@ -34,7 +42,7 @@ def measure(pairs: int = 21, stacks: str | None = None, model: str = "tiny") -> 
     from pytest_sdopt.optimizations import REGISTRY, parse_stack
     from pytest_sdopt.runner import Runner, call_kwargs
 
-    source = resolve_model(model)
+    source = resolve_model(model, cache=Path(model_cache) if model_cache else None)
     device = resolve_device("auto")
     scenario = source.scenario(str(device))
     env = describe(device)
@@ -83,9 +91,10 @@ def main() -> int:
     parser.add_argument("--pairs", type=int, default=21)
     parser.add_argument("--stacks", default=None, help="comma-separated (default: every stack this machine runs)")
     parser.add_argument("--model", default="tiny")
+    add_model_cache_option(parser)
     add_findings_option(parser)
     args = parser.parse_args()
-    return finish(measure(args.pairs, args.stacks, args.model), [], args.findings_json)
+    return finish(measure(args.pairs, args.stacks, args.model, args.model_cache), [], args.findings_json)
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ from findings import PYTHON, Finding, load_findings, render
 HERE = Path(__file__).resolve().parent
 PARTS = {  # name: (script, arguments, --quick arguments)
     "overhead": ("overhead.py", ["--pairs", "21"], ["--pairs", "3"]),
-    "matrix": ("matrix_floor.py", ["--rounds", "3"], ["--rounds", "1"]),
+    "matrix": ("matrix_floor.py", ["--rounds", "3", "--matrix-runs", "3"], ["--rounds", "1"]),
     "import": ("import_cost.py", ["--rounds", "15"], ["--rounds", "3"]),
     "memory": ("memory_accuracy.py", [], ["--stacks", "fp32"]),
     "speed": ("speed_gate.py", ["--runs", "10", "--settle", "60"], ["--runs", "2", "--settle", "10"]),
@@ -40,6 +40,9 @@ def main() -> int:
     parser.add_argument("--only", default=",".join(PARTS), help=f"comma-separated subset of {', '.join(PARTS)}")
     parser.add_argument("--quick", action="store_true", help="a smoke test: fewer repeats, figures not comparable")
     parser.add_argument("--model", default="tiny", help="for the overhead, matrix and memory figures (sd15-random on a GPU)")
+    parser.add_argument("--results-dir", default=None, metavar="DIR",
+                        help="the matrix's results folder; sd15-random is saved once under DIR/models and every "
+                             "part loads it from there (default: each load builds it in memory)")
     args = parser.parse_args()
     parts = [part.strip() for part in args.only.split(",")]
     unknown = sorted(set(parts) - set(PARTS))
@@ -55,6 +58,9 @@ def main() -> int:
             command = [PYTHON, str(HERE / script), *(quick if args.quick else full), "--findings-json", str(out)]
             if part in TAKES_MODEL:
                 command += ["--model", args.model]
+                if args.results_dir:
+                    command += (["--results-dir", args.results_dir] if part == "matrix"
+                                else ["--model-cache", str(Path(args.results_dir) / "models")])
             done = subprocess.run(command, capture_output=True, text=True)
             if not out.is_file():
                 print(done.stdout[-3000:], done.stderr[-3000:], file=sys.stderr)

@@ -11,7 +11,7 @@ loop) for 10% of everything the step did since the previous one ended, so it is 
 in whatever state the machine is in. Before the sessions, the same injection is measured
 interleaved in one process, the way sdopt measures steps; it must read 1.10x.
 
-    .venv/bin/python benchmarks/speed_gate.py [--runs 10] [--settle 60] [--cpu-threads 1] [--max-its-drop 5%]
+    .venv/bin/python benchmarks/speed_gate.py [--runs 10] [--settle 60] [--cpu-threads 1] [--max-its-drop 4%]
 
 The method (speed.py, machine.py): on this shared 2-core machine the speed moves 10-35%
 between states lasting minutes, with one thread or two, so a figure recorded in one state
@@ -22,9 +22,11 @@ the slower vCPU, which the reference tracks less well. `--sdopt-settle` re-measu
 looks slow and makes the recording twice as long. `--cpu-threads 0` keeps torch's default,
 `--no-settle` measures 3 runs only.
 
-The limit is 5%, halfway between no change and the 10% to catch: the session-to-session
-spread of the relative figure (a few percent) then costs a false alarm and a missed slowdown
-about equally. At 7% the same spread missed slowdowns and never raised a false alarm.
+The limit is 4%. A 10% longer step is 9.1% fewer it/s, so halfway is 4.5%; and what moves a
+check's reading is mostly the stored figure's own error, which shifts clean and slowed checks
+alike (in one run clean checks read +0.2% to +3.4% and slowed ones -9.6% to -4.9%, midpoint
+-3.1%). 4% lies between the two midpoints. At 5% that run caught 9 of 10 slowdowns, the miss
+reading -4.9%; at 7% slowdowns were missed and no false alarm was ever raised.
 """
 
 from __future__ import annotations
@@ -124,7 +126,7 @@ def session(project: Path, options: list[str], slowdown: float = 0.0) -> dict:
     return {"alarm": run["outcome"] == "failed", "gate": gate, "figures": run["figures"], "output": output}
 
 
-def measure(runs: int = 10, settle: float = 60.0, limit: str = "5%", slowdown: float = 0.10, cpu_threads: int = 1,
+def measure(runs: int = 10, settle: float = 60.0, limit: str = "4%", slowdown: float = 0.10, cpu_threads: int = 1,
             verbose: bool = True) -> tuple[list[Finding], list[str]]:
     settling = [f"--sdopt-settle={settle:g}"] if settle > 0 else []
     if cpu_threads > 0:
@@ -174,7 +176,7 @@ def main() -> int:
     parser.add_argument("--settle", type=float, default=60.0)
     parser.add_argument("--cpu-threads", type=int, default=1, help="0: torch's default")
     parser.add_argument("--no-settle", action="store_true")
-    parser.add_argument("--max-its-drop", default="5%")
+    parser.add_argument("--max-its-drop", default="4%")
     add_findings_option(parser)
     args = parser.parse_args()
     findings, lines = measure(args.runs, 0.0 if args.no_settle else args.settle, args.max_its_drop,

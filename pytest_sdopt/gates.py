@@ -155,7 +155,7 @@ def max_its_drop(result: Any, limit: float, stored: StoredMetrics) -> GateOutcom
     """It/s against the stored figure: relative to the machine's speed where both were timed beside
     a reference workload (CPU, machine.py), else the best measured call's (speed.py says why)."""
     from pytest_sdopt.machine import machine_relative_samples
-    from pytest_sdopt.speed import best_its, compare_speed
+    from pytest_sdopt.speed import best_its, compare_speed, measured_span_s
 
     limit_text = f"<= {limit:.0%} slower than stored"
     not_applicable = _relative_not_applicable("max_its_drop", stored, limit_text)
@@ -164,7 +164,7 @@ def max_its_drop(result: Any, limit: float, stored: StoredMetrics) -> GateOutcom
     values: dict[str, Any] = stored.values  # type: ignore[assignment]
     its, runs = best_its(result.step_times_s), len(result.step_times_s)
     samples = machine_relative_samples(result.step_times_s, getattr(result, "reference_s", []))
-    speed = compare_speed(its, samples, values)
+    speed = compare_speed(its, samples, values, measured_span_s(result.step_times_s))
     passed = speed.within(limit)
     notes = []
     if speed.machine_relative:

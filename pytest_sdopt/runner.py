@@ -1,9 +1,10 @@
 """Run one stack on one scenario: warm-ups, then measured runs with per-step timing.
 
 Measurement rules (DESIGN §4): progress bars off; each denoising step is timed on the
-pipeline's step-end callback after synchronizing the device; warm-up runs are dropped; it/s
-is the median over measured runs. Every call is seeded the same way, so every run of a stack
-draws the same image.
+pipeline's step-end callback (after synchronizing the device, or on CUDA by an event recorded on
+the stream, which marks the same moment without stalling the queue; see clocks.py); warm-up
+runs are dropped; it/s is the median over measured runs. Every call is seeded the same way, so
+every run of a stack draws the same image.
 """
 
 from __future__ import annotations
@@ -14,8 +15,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
-from pytest_sdopt.devices import synchronize
-from pytest_sdopt.machine import REFERENCE_NAME, ReferenceWorkload, machine_relative_its, machine_relative_samples
+from pytest_sdopt.clocks import Marks, marks_for
+from pytest_sdopt.machine import (
+    REFERENCE_NAME,
+    ReferenceWorkload,
+    machine_relative_its,
+    machine_relative_samples,
+)
 from pytest_sdopt.memory import trackers_for
 from pytest_sdopt.optimizations import Stack
 from pytest_sdopt.scenario import Measurement, Scenario
@@ -76,36 +82,45 @@ class StepClock:
 
     The first step starts when the last text-encoder forward ends (a forward hook), so a
     step's time holds the UNet, the scheduler and the guidance arithmetic, not the prompt
-    encoding. Pipelines without a text encoder fall back to the call's start.
+    encoding. Pipelines without a text encoder fall back to the call's start. The moments are
+    taken as `clocks.py` marks (CUDA events on CUDA, which stall nothing) and read as host
+    seconds by `stop()`, after the call.
     """
 
-    def __init__(self, device: Any):
+    def __init__(self, device: Any, marks: Marks | None = None):
         self.device = device
+        self.marks = marks if marks is not None else marks_for(device)
         self.call_start = 0.0
         self.encoded_at: float | None = None
         self.step_ends: list[float] = []
-
-    def now(self) -> float:
-        synchronize(self.device)
-        return time.perf_counter()
+        self._encoded_mark: Any = None
+        self._step_marks: list[Any] = []
 
     def on_step_end(self, pipe: Any, step: int, timestep: Any, callback_kwargs: dict) -> dict:
-        self.step_ends.append(self.now())
+        self._step_marks.append(self.marks.mark())
         return callback_kwargs
 
     def _encoded(self, module: Any, args: Any, output: Any) -> None:
-        self.encoded_at = self.now()
+        self._encoded_mark = self.marks.mark()
 
     @contextmanager
     def watching(self, pipe: Any) -> Iterator["StepClock"]:
         handles = [getattr(pipe, name).register_forward_hook(self._encoded)
                    for name in TEXT_ENCODERS if getattr(pipe, name, None) is not None]
         try:
-            self.call_start = self.now()
+            self.call_start = self.marks.start()
             yield self
         finally:
             for handle in handles:
                 handle.remove()
+
+    def stop(self) -> float:
+        """The call's end in host seconds (waiting for the device); the marks become `encoded_at`, `step_ends`."""
+        end = self.marks.end()
+        if self._encoded_mark is not None:
+            self.encoded_at = self.marks.seconds(self._encoded_mark)
+        self.step_ends = [self.marks.seconds(mark) for mark in self._step_marks]
+        return end
 
     def step_times(self) -> list[float]:
         start = self.encoded_at if self.encoded_at is not None else self.call_start
@@ -164,7 +179,7 @@ class Runner:
         try:
             with clock.watching(self.pipe):
                 output = self.pipe(**self.kwargs, generator=generator, callback_on_step_end=clock.on_step_end)
-                end = clock.now()
+                end = clock.stop()
         finally:  # a call that fails (out of memory) still reports the peak it reached
             if measured:
                 for tracker in self.trackers:

@@ -127,13 +127,26 @@ class SpeedComparison:
 # distances, near 0 by luck often enough that a slowed check stopped after 3 runs at -5.4%
 # (benchmarks/speed_gate.py), where its 250-run figure read -9%.
 MIN_INTERVAL_SAMPLES = 8
+# Nor from runs that span only a moment. The machine's speed relative to the reference drifts by a
+# few percent over seconds, so runs taken within a second or two agree with each other more than
+# with the next minute's, and their interval is too narrow. Two slowed checks (10% slower) stopped
+# settling after 8 and 16 runs (1-2 s) at -2.9% ± 1.7% and -3.8% ± 1.1% and passed a 5% limit, where
+# every slowed check that measured on read -7% to -9% (benchmarks/speed_gate.py). An interval
+# needs this many seconds of measured denoising steps, which is ~15 s of wall time on `tiny`.
+MIN_INTERVAL_SPAN_S = 10.0
 
 
-def median_interval(samples: Sequence[float]) -> float:
+def measured_span_s(step_times_per_call: Sequence[Sequence[float]]) -> float:
+    """Seconds spent in the measured calls' denoising steps: how long the samples were gathered."""
+    return float(sum(sum(times) for times in step_times_per_call))
+
+
+def median_interval(samples: Sequence[float], span_s: float) -> float:
     """Half-width of a 95% interval of the median of `samples`: Student's t on a robust spread
     (1.4826 x the median absolute deviation, so a few disturbed runs do not widen it), times
-    the median's efficiency factor 1.2533. inf for fewer than MIN_INTERVAL_SAMPLES."""
-    if len(samples) < MIN_INTERVAL_SAMPLES:
+    the median's efficiency factor 1.2533. inf for fewer than MIN_INTERVAL_SAMPLES, or samples
+    gathered over less than MIN_INTERVAL_SPAN_S seconds of steps (`span_s`)."""
+    if len(samples) < MIN_INTERVAL_SAMPLES or span_s < MIN_INTERVAL_SPAN_S:
         return float("inf")
     from scipy.stats import median_abs_deviation
     from scipy.stats import t as student_t
@@ -142,12 +155,14 @@ def median_interval(samples: Sequence[float]) -> float:
     return float(student_t.ppf(0.975, len(samples) - 1)) * 1.2533 * spread / len(samples) ** 0.5
 
 
-def compare_speed(best: float, relative_samples: Sequence[float], stored: dict[str, Any]) -> SpeedComparison:
+def compare_speed(best: float, relative_samples: Sequence[float], stored: dict[str, Any],
+                  span_s: float) -> SpeedComparison:
+    """`span_s`: seconds of measured steps behind the samples (measured_span_s), for the interval."""
     from pytest_sdopt.machine import REFERENCE_NAME
 
     # A figure relative to another reference workload (an older version's) is not comparable.
     stored_relative = stored.get("machine_relative_its") if stored.get("machine_reference") == REFERENCE_NAME else None
     if relative_samples and stored_relative:
         return SpeedComparison(statistics.median(relative_samples), float(stored_relative), True,
-                               median_interval(relative_samples))
+                               median_interval(relative_samples, span_s))
     return SpeedComparison(best, stored_best_its(stored), False)

@@ -121,12 +121,15 @@ def test_on_cpu_a_machine_that_slowed_down_as_a_whole_is_not_a_slowdown_of_the_c
 
 
 def test_on_cpu_code_that_slowed_down_on_an_unchanged_machine_fails():
-    code_slow = gates.max_its_drop(cpu_run(0.020 * 1.10, 0.0015, runs=8), 0.07, CPU_STORED)
+    code_slow = gates.max_its_drop(cpu_run(0.020 * 1.10, 0.0015, runs=50), 0.07, CPU_STORED)  # 11 s of steps
     assert code_slow.failed and code_slow.value == pytest.approx(1 - 1 / 1.10)
-    assert code_slow.measured.startswith("45.45 it/s (best of 8 runs); relative to the machine's speed, -9.1% ± 0.0% vs")
-    # Too few runs for an interval: the figure alone, no "± inf%".
+    assert code_slow.measured.startswith("45.45 it/s (best of 50 runs); relative to the machine's speed, -9.1% ± 0.0% vs")
+    # Too few runs, or runs over too short a time (8 runs, 1.8 s of steps), for an interval: the figure
+    # alone, no "± inf%".
     few = gates.max_its_drop(cpu_run(0.020 * 1.10, 0.0015), 0.07, CPU_STORED).measured
     assert "-9.1% vs stored (median of 3 runs)" in few
+    brief = gates.max_its_drop(cpu_run(0.020 * 1.10, 0.0015, runs=8), 0.07, CPU_STORED).measured
+    assert "-9.1% vs stored (median of 8 runs)" in brief
     # A fast machine does not hide it either.
     assert gates.max_its_drop(cpu_run(0.020 * 1.10 * 0.8, 0.0015 * 0.8), 0.07, CPU_STORED).failed
 
@@ -159,23 +162,33 @@ def test_the_reference_workload_is_fixed_and_fast():
 
 
 def test_settling_stops_only_once_a_machine_relative_reading_is_surely_within_the_limit():
-    from pytest_sdopt.speed import SpeedComparison, compare_speed, median_interval
+    from pytest_sdopt.speed import (
+        MIN_INTERVAL_SPAN_S,
+        SpeedComparison,
+        compare_speed,
+        median_interval,
+    )
 
     stored = {"machine_relative_its": 1.0, "machine_reference": REFERENCE_NAME, "its": 1.0}
-    near = compare_speed(1.0, [0.96, 0.93, 0.95], stored)  # -5%, within 7%, but its interval is not
+    long = 60.0  # seconds of measured steps behind the samples: enough for an interval
+    near = compare_speed(1.0, [0.96, 0.93, 0.95], stored, long)  # -5%, within 7%, but its interval is not
     assert near.machine_relative and near.within(0.07) and near.drop_spread > 0.02
     assert not near.surely_within(0.07)
-    steady = compare_speed(1.0, [0.995, 1.0, 1.005, 0.99, 1.01] * 4, stored)
+    steady = compare_speed(1.0, [0.995, 1.0, 1.005, 0.99, 1.01] * 4, stored, long)
     assert steady.surely_within(0.07)
-    slow = compare_speed(1.0, [0.90, 0.895, 0.905, 0.90] * 5, stored)
+    slow = compare_speed(1.0, [0.90, 0.895, 0.905, 0.90] * 5, stored, long)
     assert not slow.within(0.07) and not slow.surely_within(0.07)
-    disturbed = compare_speed(1.0, [0.2, 0.25, 1.0, 0.99, 1.01, 1.0, 1.0, 0.995, 1.005], stored)  # two runs hit by a burst
+    disturbed = compare_speed(1.0, [0.2, 0.25, 1.0, 0.99, 1.01, 1.0, 1.0, 0.995, 1.005], stored, long)  # two runs hit by a burst
     assert disturbed.surely_within(0.07)  # a robust spread: the burst does not widen the interval
-    assert median_interval([1.0]) == float("inf")  # one run says nothing about its spread
-    assert median_interval([1.0] * 8) == 0.0
+    assert median_interval([1.0], long) == float("inf")  # one run says nothing about its spread
+    assert median_interval([1.0] * 8, long) == 0.0
     # Three runs that agree by luck are not yet an interval: the check keeps measuring.
-    lucky = compare_speed(1.0, [0.946, 0.945, 0.947], stored)
+    lucky = compare_speed(1.0, [0.946, 0.945, 0.947], stored, long)
     assert lucky.within(0.07) and not lucky.surely_within(0.07)
+    # Nor are many runs taken within a moment: they share that moment's drift (speed.py's figures).
+    brief = compare_speed(1.0, [0.962, 0.96, 0.961, 0.963] * 4, stored, MIN_INTERVAL_SPAN_S - 0.5)
+    assert brief.within(0.05) and not brief.surely_within(0.05) and brief.drop_spread == float("inf")
+    assert compare_speed(1.0, [0.962, 0.96, 0.961, 0.963] * 4, stored, MIN_INTERVAL_SPAN_S).surely_within(0.05)
     # The best call's figure (CUDA, older records) is good enough as soon as a run comes within the limit.
     assert SpeedComparison(0.95, 1.0, False).surely_within(0.07)
     assert not SpeedComparison(0.9, 1.0, False).surely_within(0.07)

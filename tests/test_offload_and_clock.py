@@ -1,8 +1,10 @@
-"""GPU-only code paths exercised on CPU: unet_resident_offload's hooks, and the step clock."""
+"""GPU-only code paths exercised on CPU: unet_resident_offload's hooks, and the step clock (CUDA events faked)."""
 
 import numpy as np
+import pytest
 import torch
 
+from pytest_sdopt.clocks import CudaEventMarks
 from pytest_sdopt.models import resolve_model
 from pytest_sdopt.offload import keep_unet_resident
 from pytest_sdopt.runner import StepClock
@@ -49,3 +51,48 @@ def test_step_clock_times_steps_from_the_end_of_prompt_encoding():
     assert clock.step_times() == [0.5, 0.25, 0.5]
     clock.encoded_at = None  # no text encoder: steps count from the call's start
     assert clock.step_times()[0] == 1.0
+
+
+class FakeCuda:
+    """The torch.cuda boundary CudaEventMarks uses: a GPU timeline in ms that the test advances."""
+
+    def __init__(self):
+        self.gpu_ms, self.synchronized = 0.0, 0
+        self.streams = []
+        cuda = self
+
+        class Event:
+            def __init__(self, enable_timing=False):
+                assert enable_timing
+                self.at_ms = None
+
+            def record(self, stream):
+                cuda.streams.append(stream)
+                self.at_ms = cuda.gpu_ms
+
+            def elapsed_time(self, other):
+                return other.at_ms - self.at_ms
+
+        self.Event = Event
+
+    def current_stream(self, device):
+        return f"stream of {device}"
+
+    def synchronize(self, device):
+        self.synchronized += 1
+
+
+def test_on_cuda_the_step_clock_marks_steps_with_events_and_never_stalls_the_queue():
+    cuda = FakeCuda()
+    clock = StepClock("cuda:1", marks=CudaEventMarks("cuda:1", cuda))
+    with clock.watching(object()):  # no text encoder: steps count from the call's start
+        cuda.gpu_ms = 250.0
+        clock.on_step_end(None, 0, None, {})
+        cuda.gpu_ms = 300.0
+        clock.on_step_end(None, 1, None, {})
+        assert cuda.synchronized == 1  # the start's only: marking a step waits for nothing
+        end = clock.stop()
+
+    assert cuda.synchronized == 2 and end >= clock.call_start
+    assert clock.step_times() == pytest.approx([0.25, 0.05])
+    assert set(cuda.streams) == {"stream of cuda:1"}  # on the run's device, not the current one

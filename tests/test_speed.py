@@ -77,6 +77,9 @@ class Cycle:
 
 
 def test_a_full_collection_runs_only_when_a_watched_object_outlived_its_release(monkeypatch):
+    from pytest_sdopt import fixture
+
+    monkeypatch.setattr(fixture, "_FROZEN", [True])  # the one-off freeze is the next test's
     calls = []
     real_collect = gc.collect
     monkeypatch.setattr(gc, "collect", lambda *generation: calls.append(generation) or real_collect(*generation))
@@ -91,6 +94,29 @@ def test_a_full_collection_runs_only_when_a_watched_object_outlived_its_release(
     del cyclic
     release_memory(watched)
     assert calls == [()] and watched[0]() is None  # the cycle needed, and got, a full collection
+
+
+def test_once_the_first_pipeline_is_gone_what_lives_on_is_frozen_and_later_cycles_are_still_collected(monkeypatch):
+    from pytest_sdopt import fixture
+
+    monkeypatch.setattr(fixture, "_FROZEN", [])
+    events = []
+    real_collect = gc.collect
+    monkeypatch.setattr(gc, "collect", lambda *generation: events.append(("collect", generation)) or real_collect(*generation))
+    monkeypatch.setattr(gc, "freeze", lambda: events.append(("freeze",)))  # this suite's process stays as it is
+    held = Cycle()
+    release_memory(watch(held))  # a pipeline still alive: nothing may be frozen with it
+    assert ("freeze",) not in events
+    del held
+    events.clear()
+    release_memory(watch(type("Plain", (), {})()))
+    assert events == [("collect", (1,)), ("collect", ()), ("freeze",)]  # no garbage is frozen
+    events.clear()
+    later = Cycle()
+    watched = watch(later)
+    del later
+    release_memory(watched)
+    assert ("freeze",) not in events and watched[0]() is None  # once only; later cycles are still collected
 
 
 SLOW_AT_FIRST = """
