@@ -88,7 +88,6 @@ class StepClock:
     """
 
     def __init__(self, device: Any, marks: Marks | None = None):
-        self.device = device
         self.marks = marks if marks is not None else marks_for(device)
         self.call_start = 0.0
         self.encoded_at: float | None = None
