@@ -37,6 +37,7 @@ def measure(pairs: int = 21, stacks: str | None = None, model: str = "tiny",
 
     from pytest_sdopt.devices import resolve_device
     from pytest_sdopt.environment import describe
+    from pytest_sdopt.errors import StackUnsupported
     from pytest_sdopt.fixture import release_memory, watch
     from pytest_sdopt.models import resolve_model
     from pytest_sdopt.optimizations import REGISTRY, parse_stack
@@ -52,7 +53,10 @@ def measure(pairs: int = 21, stacks: str | None = None, model: str = "tiny",
         if stack.unmet_requirement(device.type) is not None:
             continue
         pipe = source.load()
-        stack.apply(pipe, device)
+        try:
+            stack.apply(pipe, device)
+        except StackUnsupported:  # it changed nothing on this model (sdpa where it is the default): no run
+            continue
         runner = Runner(pipe, stack, scenario, device, env)
         kwargs = call_kwargs(scenario)
 

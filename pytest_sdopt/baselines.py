@@ -11,7 +11,8 @@ speed and memory are not, so metrics are kept per fingerprint (device name, torc
 Every write goes to a temporary file in the same folder and is renamed over the old one, so a
 reader never sees half a file; metric updates are read-modify-write under a file lock, so
 pytest-xdist workers recording different devices do not lose each other's entries. Only
-`record` writes, and only `--sdopt-update-baselines` calls it.
+`record` writes, and only `--sdopt-update-baselines` calls it; it returns a `BaselineWrite`
+per file, which the session lists at its end (a replaced image with its SSIM to the old one).
 """
 
 from __future__ import annotations
@@ -30,8 +31,9 @@ from pytest_sdopt.errors import SdoptUsageError
 from pytest_sdopt.scenario import Scenario
 
 SCHEMA = 1
-METRIC_FIELDS = ("its", "best_its", "machine_relative_its", "machine_reference", "machine_reference_s", "total_s",
-                 "peak_vram_bytes", "peak_vram_reserved_bytes", "peak_device_bytes", "peak_host_bytes")
+# Besides these, each entry keeps the run's speed figure with its interval (speed.SpeedFigure.fields).
+METRIC_FIELDS = ("its", "total_s", "peak_vram_bytes", "peak_vram_reserved_bytes", "peak_device_bytes", "peak_host_bytes",
+                 "run_host_bytes")
 _UNSAFE = re.compile(r"[^A-Za-z0-9._+=-]")
 
 
@@ -54,12 +56,10 @@ def stack_key(stack: str) -> str:
 
 
 def fingerprint(env: dict[str, Any]) -> str:
-    """What a stored speed or memory figure is comparable with: the same device, torch and diffusers
-    (and, when --sdopt-cpu-threads set it, the same number of CPU threads)."""
+    """What a stored speed or memory figure is comparable with: the same device, torch and diffusers.
+    The CPU thread count is not part of it: memory does not depend on it, and max_its_drop says
+    when a speed was stored with another count (each entry keeps its `cpu_threads`)."""
     device = env.get("device_name") or "unknown device"
-    threads = env.get("cpu_threads")
-    if threads:
-        device += f" ({threads} thread{'' if str(threads) == '1' else 's'})"
     return f"{device} | torch {env.get('torch')} | diffusers {env.get('diffusers')}"
 
 
@@ -138,25 +138,87 @@ class BaselineStore:
 
     # -- writing (only under --sdopt-update-baselines) ---------------------------------------
 
-    def record(self, result: Any) -> Path:
-        """Store the run's image, and its metrics under its device's fingerprint. Returns the image path."""
+    def record(self, result: Any, image: bool = True, metrics: bool = True,
+               tolerance: float | None = None) -> list["BaselineWrite"]:
+        """Store the run's image and/or its metrics under its device's fingerprint. Returns what was
+        written, with the SSIM of a replaced image to the old one (`tolerance`: the stack's own
+        min_ssim, below which a replacement is flagged)."""
         from filelock import FileLock
 
         scenario = result.scenario
         folder = self.folder(scenario)
         folder.mkdir(parents=True, exist_ok=True)
+        writes = []
         _atomic_write(folder / "scenario.json", _json_bytes(_scenario_document(scenario)))
-        path = self.image_path(scenario, result.stack)
-        _atomic_write(path, lambda handle: result.image.convert("RGB").save(handle, format="PNG"))
-        self.lock_dir.mkdir(parents=True, exist_ok=True)
-        lock_name = hashlib.sha256(str(self.metrics_path(scenario, result.stack)).encode()).hexdigest()[:16]
-        with FileLock(self.lock_dir / f"{lock_name}.lock", timeout=120):
-            every = self.read_metrics(scenario, result.stack)
-            every[fingerprint(result.env)] = _metrics_entry(result)
-            document = {"schema": SCHEMA, "stack": result.stack, "model": scenario.model,
-                        "metrics": dict(sorted(every.items()))}
-            _atomic_write(self.metrics_path(scenario, result.stack), _json_bytes(document))
-        return path
+        if image:
+            path = self.image_path(scenario, result.stack)
+            old = self._old_image(scenario, result.stack)
+            ssim = None
+            if old is not None:
+                from pytest_sdopt.similarity import ImageSizeMismatch, compare
+
+                try:
+                    ssim = compare(result.image, old).ssim
+                except ImageSizeMismatch:
+                    ssim = 0.0  # another size: nothing alike
+            _atomic_write(path, lambda handle: result.image.convert("RGB").save(handle, format="PNG"))
+            writes.append(BaselineWrite(str(path), result.stack, replaced=old is not None, ssim_to_old=ssim,
+                                        tolerance=tolerance))
+        if metrics:
+            self.lock_dir.mkdir(parents=True, exist_ok=True)
+            lock_name = hashlib.sha256(str(self.metrics_path(scenario, result.stack)).encode()).hexdigest()[:16]
+            with FileLock(self.lock_dir / f"{lock_name}.lock", timeout=120):
+                every = self.read_metrics(scenario, result.stack)
+                key = fingerprint(result.env)
+                replaced = key in every
+                every[key] = _metrics_entry(result)
+                document = {"schema": SCHEMA, "stack": result.stack, "model": scenario.model,
+                            "metrics": dict(sorted(every.items()))}
+                _atomic_write(self.metrics_path(scenario, result.stack), _json_bytes(document))
+            writes.append(BaselineWrite(str(self.metrics_path(scenario, result.stack)), result.stack, replaced=replaced,
+                                        fingerprint=key))
+        return writes
+
+    def _old_image(self, scenario: Scenario, stack: str) -> Any:
+        try:
+            return self.read_image(scenario, stack)
+        except BaselineError:  # unreadable: replacing it is the repair
+            return None
+
+
+@dataclass(frozen=True)
+class BaselineWrite:
+    """One file --sdopt-update-baselines wrote, for the list at the end of the session."""
+
+    path: str
+    stack: str
+    replaced: bool  # an earlier file (image) or this device's entry (metrics) was there
+    ssim_to_old: float | None = None  # a replaced image: its SSIM to the new one
+    tolerance: float | None = None  # the stack's own min_ssim: a replacement below it is flagged
+    fingerprint: str | None = None  # metrics: whose entry
+
+    @property
+    def suspicious(self) -> bool:
+        """A replaced image that differs from the old one by more than the stack's own tolerance."""
+        return (self.replaced and self.ssim_to_old is not None and self.tolerance is not None
+                and self.ssim_to_old + 1e-9 < self.tolerance)
+
+    def describe(self, shown_path: str) -> str:
+        verb = "replaced" if self.replaced else "new"
+        if self.fingerprint is not None:
+            return f"{verb} {shown_path} ({self.fingerprint})"
+        if self.ssim_to_old is None:
+            return f"{verb} {shown_path}"
+        text = f"{verb} {shown_path}: SSIM {self.ssim_to_old:.4f} to the old image"
+        if self.suspicious:
+            text += (f", below {self.stack}'s min_ssim {self.tolerance:g}: look at it before you commit it "
+                     f"(git diff shows the old one)")
+        return text
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain data, for a pytest-xdist worker to hand to the controller."""
+        return {"path": self.path, "stack": self.stack, "replaced": self.replaced, "ssim_to_old": self.ssim_to_old,
+                "tolerance": self.tolerance, "fingerprint": self.fingerprint}
 
 
 class BaselineError(SdoptUsageError):
@@ -170,6 +232,7 @@ def _scenario_document(scenario: Scenario) -> dict[str, Any]:
 
 def _metrics_entry(result: Any) -> dict[str, Any]:
     entry = {name: getattr(result, name) for name in METRIC_FIELDS}
+    entry.update(result.speed.fields())
     entry["repeats"] = len(result.step_times_s)
     entry["device"] = result.device
     entry["env"] = result.env

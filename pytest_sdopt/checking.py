@@ -1,7 +1,9 @@
 """One check of a run: gather what every gate needs (baselines, SSIM, stored metrics), apply the gates.
 
 `check_run` is what `sdopt.check()` and the matrix call. It writes baselines only when the
-context says `--sdopt-update-baselines`, and leaves actual / baseline / diff images behind for
+context says `--sdopt-update-baselines`, in its mode: `checked` (the bare flag) records the
+checked stack and the reference only where it is missing, `all` re-records the reference too,
+`missing` writes only what is absent. It leaves actual / baseline / diff images behind for
 every failed comparison. No pytest here: the fixture turns a failed `CheckedRun` into one test
 failure.
 """
@@ -26,11 +28,15 @@ UPDATE_FLAG = "--sdopt-update-baselines"
 @dataclass
 class CheckContext:
     store: BaselineStore
-    update: bool  # --sdopt-update-baselines: record this run (and the reference) before comparing
+    update: str | None  # --sdopt-update-baselines' mode (settings.UPDATE_MODES), None: never write
     artifact_folder: Path  # where this test's failed comparison of this stack leaves its images
     update_command: str  # the exact command that records the missing baselines
-    record: Callable[[Any], None]  # stores a RunResult as its stack's baseline (update mode only)
-    record_reference: Callable[[str], None]  # runs and records the reference stack, once (update mode only)
+    # Stores a RunResult as its stack's baseline: its image and/or its metrics (update mode only).
+    record: Callable[..., None]
+    # Runs and records the reference stack, once per scenario (update mode only); `only_missing`:
+    # write only what is absent.
+    record_reference: Callable[[str, bool], None]
+    strict: bool = False  # --sdopt-strict
 
 
 @dataclass
@@ -38,10 +44,16 @@ class CheckedRun:
     result: Any  # RunResult
     limits: GateLimits
     outcomes: list[GateOutcome]
+    strict: bool = False  # --sdopt-strict: an inconclusive gate fails the check too
 
     @property
     def failed(self) -> list[GateOutcome]:
-        return [outcome for outcome in self.outcomes if outcome.failed]
+        """The gates that fail the check: FAIL, and inconclusive under --sdopt-strict."""
+        return [outcome for outcome in self.outcomes if outcome.failed or (self.strict and outcome.inconclusive)]
+
+    @property
+    def inconclusive(self) -> list[GateOutcome]:
+        return [outcome for outcome in self.outcomes if outcome.inconclusive]
 
     @property
     def ssim(self) -> float | None:
@@ -50,7 +62,7 @@ class CheckedRun:
     def failure_message(self) -> str:
         scenario = self.result.scenario
         where = f"{scenario.model}, {scenario.size_text}, {scenario.steps} steps, seed {scenario.seed}, {self.result.device}"
-        return gates.failure_message(self.result.stack, where, self.outcomes)
+        return gates.failure_message(self.result.stack, where, self.outcomes, self.strict)
 
 
 def check_run(result: Any, limits: GateLimits, context: CheckContext) -> CheckedRun:
@@ -62,21 +74,60 @@ def check_run(result: Any, limits: GateLimits, context: CheckContext) -> Checked
     if limits.min_its is not None:
         outcomes.append(gates.min_its(result, limits.min_its))
 
+    scenario, stack = result.scenario, result.stack
     device_fingerprint = fingerprint(result.env)
-    stored_before = context.store.read_metrics(result.scenario, result.stack).get(device_fingerprint)
+    stored_before = context.store.read_metrics(scenario, stack).get(device_fingerprint)
+    own_image_before = context.store.read_image(scenario, stack)
+    image_recorded = metrics_recorded = False
     if context.update:
-        context.record(result)
-        if limits.min_ssim is not None and limits.reference != result.stack:
-            context.record_reference(limits.reference)
+        # `missing` writes only what is absent; the other modes replace this stack's baseline.
+        image_recorded = context.update != "missing" or own_image_before is None
+        metrics_recorded = context.update != "missing" or stored_before is None
+        if image_recorded or metrics_recorded:
+            context.record(result, image=image_recorded, metrics=metrics_recorded,
+                           tolerance=limits.min_self_ssim or limits.min_ssim)
+        if limits.min_ssim is not None and limits.reference != stack:
+            # A narrowed update must not rewrite the reference every other stack is compared with:
+            # only `all` re-records it; otherwise it is recorded where it is missing.
+            if context.update == "all" or context.store.read_image(scenario, limits.reference) is None:
+                context.record_reference(limits.reference, context.update == "missing")
     if limits.min_ssim is not None:
         outcomes.append(gates.min_ssim(compare_with_reference(result, limits, context), limits.min_ssim))
+    # The reference's min_ssim already compares it with its own image.
+    if limits.min_self_ssim is not None and stack != limits.reference:
+        outcomes.append(own_image_outcome(result, limits, context, own_image_before, image_recorded))
 
-    stored = StoredMetrics(device_fingerprint, stored_before, recorded_now=context.update)
+    stored = StoredMetrics(device_fingerprint, stored_before, recorded_now=metrics_recorded)
     if limits.max_its_drop is not None:
         outcomes.append(gates.max_its_drop(result, limits.max_its_drop, stored))
     if limits.max_memory_growth is not None:
         outcomes.extend(gates.max_memory_growth(result, limits.max_memory_growth, stored))
-    return CheckedRun(result, limits, outcomes)
+    return CheckedRun(result, limits, outcomes, strict=context.strict)
+
+
+def own_image_outcome(result: Any, limits: GateLimits, context: CheckContext, own_image: Any,
+                      just_recorded: bool) -> GateOutcome:
+    """min_self_ssim: the run's image against the same stack's stored image (as it was before this
+    check recorded anything), so a lossy stack drifting within its tolerance to the reference is seen."""
+    limit = limits.min_self_ssim
+    assert limit is not None
+    if just_recorded:
+        return gates.min_self_ssim(None, limit, "this run's image was just recorded (--sdopt-update-baselines; the "
+                                                "session's end lists what it replaced)")
+    path = shown(context.store.image_path(result.scenario, result.stack))
+    if own_image is None:
+        return gates.min_self_ssim(None, limit, f"no image of its own stored yet ({path}); --sdopt-update-baselines "
+                                                f"records it")
+    folder = context.artifact_folder.with_name(context.artifact_folder.name + "-own")
+    try:
+        similarity = compare(result.image, own_image)
+    except ImageSizeMismatch as exc:
+        return gates.min_self_ssim(None, limit, f"{exc} ({path})", failed=True)
+    if similarity.ssim + gates.SSIM_EPSILON >= limit:
+        shutil.rmtree(folder, ignore_errors=True)
+        return gates.min_self_ssim(similarity.ssim, limit)
+    artifacts = write_artifacts(folder, result.image, own_image, similarity)
+    return gates.min_self_ssim(similarity.ssim, limit, artifacts=tuple((label, shown(Path(p))) for label, p in artifacts))
 
 
 def compare_with_reference(result: Any, limits: GateLimits, context: CheckContext) -> ReferenceComparison:

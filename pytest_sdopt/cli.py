@@ -1,7 +1,7 @@
 """`sdopt`: the command line outside pytest. `sdopt compare OLD NEW` is the upgrade gate.
 
-Exit codes: 0 no regression, 1 a regression (each named with its stack and figure), 2 bad
-input (unreadable or foreign files, unknown schema version, different scenarios, bad --fail).
+Exit codes: 0 no regression (inconclusive comparisons are listed, and fail only with --strict),
+1 a regression (each named with its stack and figure), 2 bad input (unreadable or foreign files, unknown schema version, different scenarios, bad --fail).
 """
 
 from __future__ import annotations
@@ -32,6 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--fail", action="append", default=[], metavar="METRIC:LIMIT",
                          help="a regression threshold, e.g. its:5%% or ssim:0.02 (replaces that metric's default)")
     compare.add_argument("--html", type=Path, metavar="PATH", help="also write the comparison as a self-contained page")
+    compare.add_argument("--strict", action="store_true",
+                         help="exit 1 also when a comparison is inconclusive (the noise cannot tell it from the limit)")
     return parser
 
 
@@ -51,16 +53,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"OLD: {old_path}  ({_env(old)})\nNEW: {new_path}  ({_env(new)})")
     for cells in [header, *body]:
         print("  ".join(cell.ljust(width) for cell, width in zip(cells, widths)).rstrip())
-    regressed = [row for row in rows if row.regressions]
+    regressed = [row for row in rows if row.regressions or (args.strict and row.inconclusive)]
+    undecided = [row for row in rows if row.inconclusive]
     if args.html:
         from pytest_sdopt.html_report import comparison_page
 
         args.html.parent.mkdir(parents=True, exist_ok=True)
         args.html.write_text(comparison_page(rows, header, body, str(old_path), str(new_path)), encoding="utf-8")
         print(f"comparison page: {args.html}")
+    if undecided:
+        print(f"{len(undecided)} of {len(rows)} stacks inconclusive{' (--strict: a failure)' if args.strict else ''}: "
+              + "; ".join(f"{row.stack} ({row.nodeid}): {', '.join(row.inconclusive)}" for row in undecided))
     if regressed:
         print(f"{len(regressed)} of {len(rows)} stacks regressed: " + "; ".join(
-            f"{row.stack} ({row.nodeid}): {', '.join(row.regressions)}" for row in regressed))
+            f"{row.stack} ({row.nodeid}): {', '.join(row.regressions or row.inconclusive)}" for row in regressed))
         return EXIT_REGRESSION
     print(f"no regression in {len(rows)} stacks (thresholds: "
           + ", ".join(f"{k}:{v:.0%}" if k != "ssim" else f"{k}:{v:g}" for k, v in thresholds.items()) + ")")

@@ -2,7 +2,11 @@
 
 Runs are matched by test node id and stack. A regression is a figure past its threshold, a
 stack that ran before and is missing or skipped now, or gates that held before and fail now.
-Comparing results of different scenarios is refused: their figures do not compare.
+Speed has three verdicts, as the max_its_drop gate (speed.judge_speed, on the same figures the
+results JSON stores: machine-relative on CPU, with their intervals): a drop surely past the
+threshold is a regression, one that the noise cannot tell from it is inconclusive (shown, with
+why; it fails only with --strict). Comparing results of different scenarios is refused: their
+figures do not compare.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from pytest_sdopt.gates import HOST_NOISE_BYTES
 from pytest_sdopt.parsing import format_bytes
 
 DEFAULT_THRESHOLDS = {"its": 0.05, "vram": 0.05, "host": 0.10, "ssim": 0.02}
@@ -29,6 +34,8 @@ class StackComparison:
     ssim: float | None = None  # old image against new image
     regressions: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    inconclusive: list[str] = field(default_factory=list)  # what the noise could not decide
+    its_change: str = "-"  # the speed change as compared, with its noise: "-16.9% ± 20.1%"
 
 
 def _key(entry: dict[str, Any]) -> tuple[str, str]:
@@ -78,14 +85,16 @@ def _compare_one(key: tuple[str, str], old: dict[str, Any] | None, new: dict[str
         return row
     before, after = old["figures"], new["figures"]
     if "its" in thresholds and before["its"] > 0:
-        change = after["its"] / before["its"] - 1
-        if change < -thresholds["its"] - 1e-12:
-            row.regressions.append(f"its {change:+.1%} ({before['its']:.2f} -> {after['its']:.2f} it/s; "
-                                   f"limit -{thresholds['its']:.0%})")
-    for metric, field_name, label in (("vram", "peak_vram_bytes", "peak VRAM"), ("host", "peak_host_bytes", "peak host")):
-        if metric in thresholds and before[field_name] and after[field_name] is not None:
+        _compare_speed(before, after, thresholds["its"], row)
+    # Host memory: the run's own where both sides have it (not the process peak, which grows with the
+    # tests before it), and a growth within the allocator's noise (gates.HOST_NOISE_BYTES) is none.
+    own = bool(before.get("run_host_bytes") and after.get("run_host_bytes") is not None)
+    host_field, host_label = ("run_host_bytes", "run's own host") if own else ("peak_host_bytes", "peak host")
+    for metric, field_name, label in (("vram", "peak_vram_bytes", "peak VRAM"), ("host", host_field, host_label)):
+        if metric in thresholds and before.get(field_name) and after.get(field_name) is not None:
             change = after[field_name] / before[field_name] - 1
-            if change > thresholds[metric] + 1e-12:
+            noise = metric == "host" and after[field_name] - before[field_name] <= HOST_NOISE_BYTES
+            if change > thresholds[metric] + 1e-12 and not noise:
                 row.regressions.append(f"{metric} {change:+.1%} ({label} {format_bytes(before[field_name])} -> "
                                        f"{format_bytes(after[field_name])}; limit +{thresholds[metric]:.0%})")
     row.ssim = _image_ssim(old, new, row)
@@ -95,6 +104,25 @@ def _compare_one(key: tuple[str, str], old: dict[str, Any] | None, new: dict[str
         failed = ", ".join(g["gate"] for g in new["gates"] if g["status"] == "FAIL")
         row.regressions.append(f"gates fail in NEW: {failed}")
     return row
+
+
+def _compare_speed(before: dict[str, Any], after: dict[str, Any], limit: float, row: StackComparison) -> None:
+    from pytest_sdopt.speed import SpeedFigure, Verdict, judge_speed
+
+    old, new = SpeedFigure.stored(before), SpeedFigure.stored(after)
+    if old.cpu_threads and new.cpu_threads and old.cpu_threads != new.cpu_threads:
+        row.notes.append(f"its not compared: OLD ran with {old.cpu_threads} CPU threads, NEW with {new.cpu_threads} "
+                         f"(record both with the same --sdopt-cpu-threads)")
+        return
+    judged = judge_speed(new, old, limit)
+    figure = "machine-relative" if judged.machine_relative else "best call"
+    row.its_change = f"{-judged.drop:+.1%} ± {judged.noise:.1%}" if judged.noise < 1 else f"{-judged.drop:+.1%}"
+    text = (f"its {row.its_change} ({figure}: {before['its']:.2f} -> {after['its']:.2f} it/s; "
+            f"limit -{limit:.0%})")
+    if judged.verdict is Verdict.FAIL:
+        row.regressions.append(text)
+    elif judged.verdict is Verdict.INCONCLUSIVE:
+        row.inconclusive.append(f"{text}: inconclusive, {judged.why}; to settle it: {judged.remedy}")
 
 
 def _image_ssim(old: dict[str, Any], new: dict[str, Any], row: StackComparison) -> float | None:
@@ -136,9 +164,13 @@ def comparison_rows(rows: list[StackComparison]) -> tuple[list[str], list[list[s
         cells = [(row.new or row.old or {}).get("test", row.nodeid), row.stack]
         for name, kind in (("its", "its"), ("peak_vram_bytes", "bytes"), ("peak_host_bytes", "bytes")):
             (old_text, old_value), (new_text, new_value) = figure(row.old, name, kind), figure(row.new, name, kind)
-            cells += [old_text, new_text, _change(old_value, new_value)]
+            change = row.its_change if name == "its" and row.its_change != "-" else _change(old_value, new_value)
+            cells += [old_text, new_text, change]
         cells.append("-" if row.ssim is None else f"{row.ssim:.4f}")
         verdict = "REGRESSION: " + "; ".join(row.regressions) if row.regressions else "ok"
+        if row.inconclusive:
+            verdict = ("REGRESSION: " + "; ".join(row.regressions) + "; " if row.regressions else "") + \
+                "INCONCLUSIVE: " + "; ".join(row.inconclusive)
         if row.notes:
             verdict += f" ({'; '.join(row.notes)})"
         cells.append(verdict)

@@ -20,9 +20,9 @@ import pytest
 
 from pytest_sdopt.baselines import Baseline, BaselineError, fingerprint
 from pytest_sdopt.checking import CheckContext, CheckedRun, check_run, update_command
-from pytest_sdopt.devices import intra_op_threads, resolve_device, xdist_worker
+from pytest_sdopt.devices import cpu_threads_for, intra_op_threads, resolve_device, xdist_worker
 from pytest_sdopt.errors import RunOutOfMemory, SdoptUsageError, SdoptWarning, StackUnsupported
-from pytest_sdopt.memory import return_freed_memory_to_the_os
+from pytest_sdopt.memory import prime_process, resident_bytes, return_freed_memory_to_the_os
 from pytest_sdopt.models import ModelSource
 from pytest_sdopt.optimizations import Stack, StackApplyError, parse_stack
 from pytest_sdopt.scenario import Measurement, Scenario
@@ -30,7 +30,7 @@ from pytest_sdopt.session import SdoptSession
 from pytest_sdopt.settings import (GATE_KEYWORDS, SCENARIO_KEYS, keyword_overrides, marker_overrides, resolve_gates,
                                    resolve_run)
 from pytest_sdopt.similarity import artifact_folder
-from pytest_sdopt.speed import compare_speed, measured_span_s, settle
+from pytest_sdopt.speed import SpeedFigure, Verdict, judge_speed, settle
 from pytest_sdopt.summary import RunRecord
 
 
@@ -89,16 +89,19 @@ class Sdopt:
                                       f"{type(result).__name__}.")
             keywords = keyword_overrides(gates, "sdopt.check", GATE_KEYWORDS)
             marker = marker_overrides(self._node.iter_markers("sdopt"))
-            limits = resolve_gates(self._session.settings, marker, keywords, parse_stack(result.stack).default_min_ssim,
-                                   result.device.split(":")[0])
+            stack = parse_stack(result.stack)
+            limits = resolve_gates(self._session.settings, marker, keywords, stack.default_min_ssim,
+                                   result.device.split(":")[0], stack.default_min_self_ssim)
             checked = check_run(result, limits, self._check_context(result))
         self._checked.append(result)
         self._session.record_check(checked)
         self._properties(result.stack, {
             "SSIM": None if checked.ssim is None else f"{checked.ssim:.4f}",
-            "verdict": "FAIL: " + ", ".join(o.gate for o in checked.failed) if checked.failed else "pass"})
+            "verdict": verdict_text(checked)})
         if checked.failed:
             pytest.fail(checked.failure_message(), pytrace=False)
+        if checked.inconclusive:  # does not fail the test (--sdopt-strict makes it), but is never silent
+            warnings.warn(SdoptWarning(checked.failure_message()), stacklevel=2)
         return checked
 
     def baseline(self, stack: str = "fp32", **overrides: Any) -> Baseline:
@@ -147,14 +150,16 @@ class Sdopt:
     # -- internals ----------------------------------------------------------------------
 
     def _environment(self, plan: PlannedRun) -> dict[str, Any]:
-        """The versions and device the run is keyed by; --sdopt-cpu-threads is part of a CPU run's."""
+        """The versions and device the run is keyed by, and a CPU run's thread count (kept with every figure)."""
         env = self._session.environment(plan.device)
-        if plan.measurement.cpu_threads is not None and plan.device.type == "cpu":
-            env["cpu_threads"] = str(plan.measurement.cpu_threads)
+        if plan.device.type == "cpu":
+            import torch
+
+            env["cpu_threads"] = str(torch.get_num_threads())  # inside intra_op_threads: what the run uses
         return env
 
     def _run(self, plan: PlannedRun) -> Any:
-        with intra_op_threads(plan.device, plan.measurement.cpu_threads):
+        with intra_op_threads(plan.device, cpu_threads_for(plan.measurement.cpu_threads, xdist_worker())):
             return self._measure(plan)
 
     def _measure(self, plan: PlannedRun) -> Any:
@@ -162,10 +167,12 @@ class Sdopt:
 
         from pytest_sdopt.runner import Runner, drive
 
+        prime_process()  # one-time imports must not count as the first run's memory
         release_memory()  # what an earlier run left must not count in this one's peaks
+        resident = resident_bytes()
         pipe = self._build(plan)
         watched = watch(pipe)
-        runner = Runner(pipe, plan.stack, plan.scenario, plan.device, self._environment(plan))
+        runner = Runner(pipe, plan.stack, plan.scenario, plan.device, self._environment(plan), resident)
         out_of_memory = None
         try:
             benchmark = self._unused_benchmark()
@@ -223,8 +230,11 @@ class Sdopt:
                               plan.device.type).max_its_drop
         if limit is None or not stored:
             return None
-        return lambda: compare_speed(runner.best_its(), runner.machine_relative_samples(), stored,
-                                     measured_span_s(runner.step_times)).surely_within(limit)
+        before = SpeedFigure.stored(stored)
+        threads = runner.env.get("cpu_threads")
+        if before.cpu_threads and threads and int(threads) != before.cpu_threads:
+            return None  # the gate is not applicable: nothing to settle
+        return lambda: judge_speed(runner.speed(), before, limit).verdict is Verdict.PASS
 
     def _properties(self, stack: str, values: dict[str, Any]) -> None:
         """junitxml <property> entries (record_property's storage), so CI systems show the figures."""
@@ -255,21 +265,29 @@ class Sdopt:
             artifact_folder=artifact_folder(self._session.results_dir, self._node.nodeid, result.stack),
             update_command=update_command(config.invocation_params.args, config.args, select),
             record=self._record,
-            record_reference=lambda reference: self._record_reference(reference, result.scenario),
+            record_reference=lambda reference, only_missing: self._record_reference(reference, result.scenario,
+                                                                                    only_missing),
+            strict=self._session.settings["strict"],
         )
 
-    def _record_reference(self, reference: str, scenario: Scenario) -> None:
+    def _record_reference(self, reference: str, scenario: Scenario, only_missing: bool) -> None:
         """Under --sdopt-update-baselines: run the reference stack on the same scenario and record it,
-        once per session, so a test of fp16 alone still leaves the baseline it is compared with."""
+        once per session, so a test of fp16 alone still leaves the baseline it is compared with.
+        `only_missing`: write only what is absent (its image, or this device's metrics)."""
         if (reference, scenario) in self._session.references_recorded:
             return
         same_scenario = {name: getattr(scenario, name) for name in SCENARIO_KEYS}
         result = self._run(self.plan(reference, same_scenario, "the reference run"))
         self._session.records[-1].note = "recorded as the reference's baseline"
-        self._record(result)
+        store = self._session.store
+        image = not only_missing or store.read_image(scenario, reference) is None
+        metrics = not only_missing or fingerprint(result.env) not in store.read_metrics(scenario, reference)
+        stack = parse_stack(reference)
+        self._record(result, image=image, metrics=metrics, tolerance=stack.default_min_self_ssim or stack.default_min_ssim)
 
-    def _record(self, result: Any) -> None:
-        self._session.store.record(result)
+    def _record(self, result: Any, image: bool = True, metrics: bool = True, tolerance: float | None = None) -> None:
+        if image or metrics:
+            self._session.writes.extend(self._session.store.record(result, image, metrics, tolerance))
         self._session.references_recorded.add((result.stack, result.scenario))
 
     def _build(self, plan: PlannedRun) -> Any:
@@ -290,6 +308,16 @@ class Sdopt:
             self._session.record(RunRecord(self._node.nodeid, self._node.name, str(stack), skipped=str(exc),
                                            in_matrix=self._in_matrix, order=self._order))
             skip_at_test(message)
+
+
+def verdict_text(checked: CheckedRun) -> str:
+    """The check's verdict in one line, for junitxml properties: pass, FAIL: gates, or pass with the
+    inconclusive gates named."""
+    if checked.failed:
+        return "FAIL: " + ", ".join(dict.fromkeys(o.gate for o in checked.failed))
+    if checked.inconclusive:
+        return "pass (inconclusive: " + ", ".join(dict.fromkeys(o.gate for o in checked.inconclusive)) + ")"
+    return "pass"
 
 
 def feed_benchmark(benchmark: Any, runner: Any, plan: PlannedRun) -> Any:

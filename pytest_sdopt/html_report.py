@@ -31,6 +31,7 @@ section.failed { border: 2px solid #c62828; }
 figure { margin: 0; } figcaption { color: #555; font-size: 12px; }
 figure img { width: 256px; height: auto; image-rendering: pixelated; border: 1px solid #999; }
 ul.gates { margin: 4px 0; padding-left: 20px; } li.FAIL { color: #c62828; font-weight: 600; }
+li.inconclusive { color: #b26a00; font-weight: 600; }
 """
 
 

@@ -6,6 +6,18 @@ compile), whatever the spelling. Each registered `OptimizationSpec` says what it
 before the model loads, so an impossible stack skips cheaply), how it is applied (adapting to
 diffusers' API by feature detection, not by version string) and its default `min_ssim`.
 
+An optimization that changes nothing is not a pass: the run would only redraw the reference.
+So each one (bar `fp32`, the reference itself) has an `Effect`, checked as it is applied with
+no pipeline call: a snapshot of the state it changes, taken before and after (parameter dtypes
+for fp16/bf16, float8-stored UNet weights for layerwise_fp8, the UNet's and VAE's attention
+processors for sdpa/xformers/attention_slicing, `vae.use_tiling`/`vae.use_slicing`, accelerate
+and diffusers hooks for the offloads, weight strides for channels_last, the UNet's compiled call
+for compile), and for tome, whose patch always changes the blocks' classes, a count of the
+patched blocks where tomesd will merge tokens. No change means `Stack.apply` raises
+`StackUnsupported` with what was found, so the stack skips with that reason (fails under
+--sdopt-strict). These check the pipeline, not the scenario: vae_tiling still decodes untiled
+when the latents fit in one tile, and vae_slicing only splits a batch of several images.
+
 Nothing here imports torch at module import: the plugin parses stacks at configure time.
 """
 
@@ -13,8 +25,10 @@ from __future__ import annotations
 
 import difflib
 import importlib.util
+import math
 import os
 import shutil
+from collections import Counter
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any, Callable
@@ -203,6 +217,240 @@ def _apply_compile(pipe: Any, ctx: ApplyContext) -> None:
     unet.compile()
 
 
+# --- how an optimization shows that it acted (torch imported lazily, inside) ----------------
+
+
+@dataclass(frozen=True)
+class Effect:
+    """How to see that an optimization acted on a pipeline; `Stack.apply` checks it for each one.
+
+    `snapshot(pipe)` is the state the optimization changes, as plain values compared with `==`
+    (None where that state cannot be read: then it is not judged). The same before and after
+    applying means it changed nothing, and `unchanged(that snapshot)` says so in words: a verb
+    phrase after the optimization's name, "changed nothing: ...". `inert(pipe)`, asked after
+    applying, covers a change a snapshot cannot judge (tome always patches, but may patch only
+    blocks where tomesd merges no token): the reason it will do nothing, or None.
+    """
+
+    snapshot: Callable[[Any], Any] | None = None
+    unchanged: Callable[[Any], str] | None = None
+    inert: Callable[[Any], "str | None"] | None = None
+
+    def take(self, pipe: Any) -> Any:
+        return self.snapshot(pipe) if self.snapshot is not None else None
+
+    def missing(self, pipe: Any, before: Any) -> str | None:
+        """Why applying changed nothing on `pipe` (`before`: the snapshot taken first), or None."""
+        if self.snapshot is not None and before is not None and self.snapshot(pipe) == before:
+            assert self.unchanged is not None
+            return self.unchanged(before)
+        return self.inert(pipe) if self.inert is not None else None
+
+
+def _modules(pipe: Any) -> list[tuple[str, Any]]:
+    import torch
+
+    return [(name, part) for name, part in pipe.components.items() if isinstance(part, torch.nn.Module)]
+
+
+def _counted(counts: Counter) -> str:
+    return ", ".join(f"{label} ({n})" for label, n in sorted(counts.items()))
+
+
+def _weight_dtypes(pipe: Any) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    return tuple((name, tuple(sorted({str(p.dtype).removeprefix("torch.") for p in part.parameters()})))
+                 for name, part in _modules(pipe))
+
+
+def _dtypes_unchanged(snapshot: tuple[tuple[str, tuple[str, ...]], ...]) -> str:
+    by_dtypes: dict[str, list[str]] = {}
+    for name, dtypes in snapshot:
+        by_dtypes.setdefault(" and ".join(dtypes) or "no", []).append(name)
+    held = "; ".join(f"{', '.join(names)} already held {dtypes} weights" for dtypes, names in by_dtypes.items())
+    return f"changed nothing: {held or 'the pipeline has no torch modules'}"
+
+
+def _float8_weights(pipe: Any) -> tuple[str, ...] | None:
+    unet = getattr(pipe, "unet", None)
+    if unet is None:
+        return None
+    return tuple(name for name, p in unet.named_parameters() if str(p.dtype).startswith("torch.float8"))
+
+
+def _float8_unchanged(snapshot: tuple[str, ...]) -> str:
+    if snapshot:
+        return f"changed nothing: the UNet already stored {len(snapshot)} weights in float8, and no more after it"
+    return ("changed nothing: no UNet weight is stored in float8 after it "
+            "(diffusers' layerwise casting skipped every layer)")
+
+
+ATTENTION_PARTS = ("unet", "vae")
+
+
+def _attention_processors(pipe: Any) -> tuple[tuple[str, str, str], ...]:
+    """(part, layer, processor) of every attention layer of the UNet and the VAE; a sliced
+    processor with its slice size, since attention_slicing may only change that."""
+    found = []
+    for part in ATTENTION_PARTS:
+        processors = getattr(getattr(pipe, part, None), "attn_processors", None) or {}
+        for layer, processor in sorted(processors.items()):
+            label = type(processor).__name__
+            if getattr(processor, "slice_size", None) is not None:
+                label += f"(slice_size={processor.slice_size})"
+            found.append((part, layer, label))
+    return tuple(found)
+
+
+def _processors_unchanged(snapshot: tuple[tuple[str, str, str], ...]) -> str:
+    if not snapshot:
+        return "changed nothing: the UNet and VAE have no attention layers"
+    kinds = {label for _part, _layer, label in snapshot}
+    per_part = Counter(part for part, _layer, _label in snapshot)
+    if len(kinds) == 1:
+        where = ", ".join(f"{n} in the {part}" for part, n in per_part.items())
+        return f"changed nothing: every attention layer already used {kinds.pop()} ({where})"
+    used = "; ".join(f"{part}: " + _counted(Counter(label for p, _layer, label in snapshot if p == part))
+                     for part in per_part)
+    return f"changed nothing: the attention layers already used, and still use, {used}"
+
+
+def _vae_flag(attribute: str) -> Callable[[Any], "bool | None"]:
+    def snapshot(pipe: Any) -> bool | None:
+        return getattr(getattr(pipe, "vae", None), attribute, None)
+
+    return snapshot
+
+
+def _flag_unchanged(attribute: str, doing: str) -> Callable[[Any], str]:
+    def unchanged(value: Any) -> str:
+        if value:
+            return f"changed nothing: the VAE already {doing} (vae.{attribute} was already {value})"
+        return f"changed nothing: vae.{attribute} stayed {value}"
+
+    return unchanged
+
+
+def _hooks(pipe: Any) -> tuple[tuple[str, str, str], ...]:
+    """(component, module, hook) for every accelerate hook (`_hf_hook`) and diffusers hook
+    (`_diffusers_hook`) on the pipeline's modules: what the offloads register."""
+    found = []
+    for name, part in _modules(pipe):
+        for path, module in part.named_modules():
+            accelerate_hook = getattr(module, "_hf_hook", None)
+            if accelerate_hook is not None:
+                found.append((name, path, type(accelerate_hook).__name__))
+            registry = getattr(module, "_diffusers_hook", None)
+            for hook_name in getattr(registry, "_hook_order", ()):
+                found.append((name, path, hook_name))
+    return tuple(found)
+
+
+def _hooks_unchanged(snapshot: tuple[tuple[str, str, str], ...]) -> str:
+    if not snapshot:
+        return "changed nothing: it registered no offload hook on any component"
+    kinds = Counter(hook for _name, _path, hook in snapshot)
+    return f"changed nothing: the pipeline already had the same hooks, {_counted(kinds)}"
+
+
+def _conv_strides(pipe: Any) -> tuple[tuple[str, str, tuple[int, ...]], ...]:
+    """The strides of the UNet's and VAE's 4-D weights: what channels-last reorders."""
+    found = []
+    for part in ("unet", "vae"):
+        module = getattr(pipe, part, None)
+        for name, p in module.named_parameters() if module is not None else ():
+            if p.dim() == 4:
+                found.append((part, name, tuple(p.stride())))
+    return tuple(found)
+
+
+def _strides_unchanged(snapshot: tuple[tuple[str, str, tuple[int, ...]], ...]) -> str:
+    if not snapshot:
+        return "changed nothing: the UNet and VAE have no 4-D (convolution) weights to reorder"
+    return f"changed nothing: all {len(snapshot)} convolution weights of the UNet and VAE were already channels-last"
+
+
+def _compiled(pipe: Any) -> bool | None:
+    unet = getattr(pipe, "unet", None)
+    if unet is None or not hasattr(unet, "_compiled_call_impl"):
+        return None
+    return unet._compiled_call_impl is not None  # what nn.Module.compile() sets
+
+
+def _compile_unchanged(_was_compiled: bool) -> str:
+    return "changed nothing: the UNet was already compiled"
+
+
+def tome_merging_blocks(pipe: Any) -> tuple[list[str], dict[str, int]]:
+    """After tomesd.apply_patch: the patched blocks that will merge tokens, and the downsample
+    of every patched block (its name -> tomesd's downsample at the UNet's default latent size).
+
+    tomesd's compute_merge merges in a block only when `ceil(sqrt(latent_tokens // block_tokens))`
+    is at most `max_downsample` (1 by default: only the highest resolution). A block's token count
+    follows from its UNet level: each down block's downsampler halves the latent (ceil, as a
+    stride-2 padded convolution does), and each up block's upsampler doubles it back to the
+    matching level. Level 0 has downsample 1 at every size; deeper levels only on a latent side of 1.
+    """
+    model = pipe.unet if hasattr(pipe, "unet") else pipe  # what tomesd patches
+    info = getattr(model, "_tome_info", None)
+    max_downsample = info["args"]["max_downsample"] if isinstance(info, dict) else 1
+    patched = [] if info is None else [name for name, module in model.named_modules()
+                                        if module is not model and getattr(module, "_tome_info", None) is info]
+    levels = _unet_levels(model)
+    size = getattr(getattr(model, "config", None), "sample_size", None) or 64
+    height, width = (size, size) if isinstance(size, int) else tuple(size)
+    downsample: dict[str, int] = {}
+    for name in patched:
+        level = next((lv for prefix, lv in levels.items() if name.startswith(prefix)), None)
+        if level is None:  # outside the UNet's down/mid/up blocks: not provably idle, count it as merging
+            downsample[name] = 1
+            continue
+        h, w = height, width
+        for _ in range(level):
+            h, w = math.ceil(h / 2), math.ceil(w / 2)
+        downsample[name] = int(math.ceil(math.sqrt((height * width) // (h * w))))
+    merging = [name for name in patched if downsample[name] <= max_downsample]
+    return merging, downsample
+
+
+def _unet_levels(model: Any) -> dict[str, int]:
+    """Module-name prefix -> resolution level (number of halvings) for a UNet's blocks."""
+    levels: dict[str, int] = {}
+    level = 0
+    for index, block in enumerate(getattr(model, "down_blocks", None) or ()):
+        levels[f"down_blocks.{index}."] = level
+        level += 1 if getattr(block, "downsamplers", None) else 0
+    if getattr(model, "mid_block", None) is not None:
+        levels["mid_block."] = level
+    for index, block in enumerate(getattr(model, "up_blocks", None) or ()):
+        levels[f"up_blocks.{index}."] = level
+        level -= 1 if getattr(block, "upsamplers", None) else 0
+    return levels
+
+
+def _tome_inert(pipe: Any) -> str | None:
+    merging, downsample = tome_merging_blocks(pipe)
+    if merging:
+        return None
+    if not downsample:
+        return "changed nothing on this model: it has no BasicTransformerBlock, the only block tomesd patches"
+    model = pipe.unet if hasattr(pipe, "unet") else pipe
+    max_downsample = model._tome_info["args"]["max_downsample"]
+    where = "its highest resolution" if max_downsample == 1 else f"downsample {max_downsample} or less"
+    found = sorted(Counter(downsample.values()).items())
+    if len(found) == 1:
+        blocks = f"all {len(downsample)} of its transformer blocks are at downsample {found[0][0]}"
+    else:
+        blocks = (f"its {len(downsample)} transformer blocks are at downsample "
+                  + ", ".join(f"{d} ({n})" for d, n in found))
+    return (f"changed nothing on this model: no attention at {where}, where tomesd merges "
+            f"(max_downsample={max_downsample}); {blocks}")
+
+
+DTYPE_EFFECT = Effect(_weight_dtypes, _dtypes_unchanged)
+ATTENTION_EFFECT = Effect(_attention_processors, _processors_unchanged)
+HOOK_EFFECT = Effect(_hooks, _hooks_unchanged)
+
+
 # --- the registry ------------------------------------------------------------------------
 
 
@@ -221,6 +469,11 @@ class OptimizationSpec:
     default_value: float | None = None  # set when it takes a parameter (tome:0.3)
     value_range: tuple[float, float] | None = None  # open interval of valid parameters
     before_each_call: Callable[[Any], None] | None = None  # reset per-call state (seeding)
+    effect: Effect | None = None  # how it shows that it acted; None only for the reference (fp32)
+    # min_self_ssim: against the stack's own stored image. Near 1: the same seeded run draws the
+    # same image; below it only for what moves between devices (reduced precision, tomesd's
+    # random merges), since images are shared by every device.
+    default_min_self_ssim: float = 0.98
 
 
 # fp32's own limit is below 1.0: the same seeded image redrawn on another CPU or GPU differs
@@ -229,40 +482,49 @@ _SPECS = (
     OptimizationSpec("fp32", Phase.PRECISION, "float32 weights (the reference)", 0.99,
                      _set_dtype("float32"), exclusive_group="precision"),
     OptimizationSpec("fp16", Phase.PRECISION, "float16 weights", 0.95,
-                     _set_dtype("float16"), exclusive_group="precision"),
+                     _set_dtype("float16"), exclusive_group="precision", effect=DTYPE_EFFECT,
+                     default_min_self_ssim=0.95),
     OptimizationSpec("bf16", Phase.PRECISION, "bfloat16 weights", 0.9,
-                     _set_dtype("bfloat16"), exclusive_group="precision"),
+                     _set_dtype("bfloat16"), exclusive_group="precision", effect=DTYPE_EFFECT,
+                     default_min_self_ssim=0.95),
     OptimizationSpec("layerwise_fp8", Phase.PRECISION, "UNet weights stored in float8, computed in the pipeline dtype",
-                     0.85, _apply_layerwise_fp8),
+                     0.85, _apply_layerwise_fp8, effect=Effect(_float8_weights, _float8_unchanged), default_min_self_ssim=0.95),
     OptimizationSpec("xformers", Phase.ATTENTION, "xformers memory-efficient attention", 0.98,
-                     _apply_xformers, needs=(needs_package("xformers"), needs_cuda), exclusive_group="attention"),
+                     _apply_xformers, needs=(needs_package("xformers"), needs_cuda), exclusive_group="attention",
+                     effect=ATTENTION_EFFECT),
     OptimizationSpec("sdpa", Phase.ATTENTION, "PyTorch 2 scaled-dot-product attention processors", 0.99,
-                     _apply_sdpa, exclusive_group="attention"),
+                     _apply_sdpa, exclusive_group="attention", effect=ATTENTION_EFFECT),
     OptimizationSpec("attention_slicing", Phase.ATTENTION, "attention computed in slices", 0.99,
-                     _apply_attention_slicing, exclusive_group="attention"),
+                     _apply_attention_slicing, exclusive_group="attention", effect=ATTENTION_EFFECT),
     OptimizationSpec("vae_tiling", Phase.VAE, "VAE decodes in overlapping tiles", 0.85,
-                     _vae_switch("vae_tiling", "enable_tiling", "enable_vae_tiling")),
+                     _vae_switch("vae_tiling", "enable_tiling", "enable_vae_tiling"),
+                     effect=Effect(_vae_flag("use_tiling"), _flag_unchanged("use_tiling", "decoded in tiles"))),
     OptimizationSpec("vae_slicing", Phase.VAE, "VAE decodes one image of the batch at a time", 0.98,
-                     _vae_switch("vae_slicing", "enable_slicing", "enable_vae_slicing")),
+                     _vae_switch("vae_slicing", "enable_slicing", "enable_vae_slicing"),
+                     effect=Effect(_vae_flag("use_slicing"),
+                                   _flag_unchanged("use_slicing", "decoded one image at a time"))),
     OptimizationSpec("tome", Phase.TOKEN_MERGING, "Token Merging (tomesd); tome:R sets the ratio", 0.8,
                      _apply_tome, needs=(needs_package("tomesd"),), default_value=0.5, value_range=(0.0, 1.0),
-                     before_each_call=_reset_tome_generator),
+                     before_each_call=_reset_tome_generator, effect=Effect(inert=_tome_inert),
+                     default_min_self_ssim=0.95),
     OptimizationSpec("sequential_cpu_offload", Phase.PLACEMENT, "every layer to the GPU only while it runs", 0.99,
                      _apply_sequential_offload, needs=(needs_package("accelerate"), needs_cuda),
-                     exclusive_group="offload", places_pipeline=True),
+                     exclusive_group="offload", places_pipeline=True, effect=HOOK_EFFECT),
     OptimizationSpec("model_cpu_offload", Phase.PLACEMENT, "each model to the GPU only while it runs", 0.99,
                      _apply_model_offload, needs=(needs_package("accelerate"), needs_cuda),
-                     exclusive_group="offload", places_pipeline=True),
+                     exclusive_group="offload", places_pipeline=True, effect=HOOK_EFFECT),
     OptimizationSpec("unet_resident_offload", Phase.PLACEMENT,
                      "UNet stays on the GPU; text encoder and VAE go there only while they run", 0.99,
                      _apply_unet_resident_offload, needs=(needs_package("accelerate"), needs_cuda),
-                     exclusive_group="offload", places_pipeline=True),
+                     exclusive_group="offload", places_pipeline=True, effect=HOOK_EFFECT),
     OptimizationSpec("group_offload", Phase.PLACEMENT, "groups of blocks onloaded as they run (diffusers hooks)",
-                     0.99, _apply_group_offload, exclusive_group="offload", places_pipeline=True),
+                     0.99, _apply_group_offload, exclusive_group="offload", places_pipeline=True,
+                     effect=HOOK_EFFECT),
     OptimizationSpec("channels_last", Phase.PLACEMENT, "UNet and VAE in channels-last memory format", 0.99,
-                     _apply_channels_last),
+                     _apply_channels_last, effect=Effect(_conv_strides, _strides_unchanged)),
     OptimizationSpec("compile", Phase.COMPILE, "torch.compile of the UNet", 0.98,
-                     _apply_compile, needs=(needs_compiler_toolchain,)),
+                     _apply_compile, needs=(needs_compiler_toolchain,),
+                     effect=Effect(_compiled, _compile_unchanged)),
 )
 
 REGISTRY: dict[str, OptimizationSpec] = {spec.name: spec for spec in _SPECS}
@@ -306,6 +568,11 @@ class Stack:
         """The loosest tolerance of its optimizations: each may drift that much."""
         return min(opt.spec.default_min_ssim for opt in self.optimizations)
 
+    @property
+    def default_min_self_ssim(self) -> float:
+        """The loosest of its optimizations' tolerances against the stack's own stored image."""
+        return min(opt.spec.default_min_self_ssim for opt in self.optimizations)
+
     def unmet_requirement(self, device_type: str) -> StackUnsupported | None:
         """Why this stack cannot run on `device_type`, found without loading the model."""
         for opt in self.optimizations:
@@ -319,7 +586,8 @@ class Stack:
         """Apply every optimization in phase order, then place the pipeline on `device`.
 
         The plain `pipe.to(device)` is skipped when an offload decides placement itself
-        (model offload replaces `pipe.to("cuda")`).
+        (model offload replaces `pipe.to("cuda")`). Raises StackUnsupported naming the first
+        optimization that changed nothing on this pipeline, and what it found instead.
         """
         precision = [opt for opt in self.optimizations if opt.spec.exclusive_group == "precision"]
         steps = list(self.optimizations) if precision else [Optimization(REGISTRY[REFERENCE]), *self.optimizations]
@@ -347,12 +615,18 @@ def _place(pipe: Any, device: Any) -> None:
 
 
 def _apply_one(opt: Optimization, pipe: Any, device: Any) -> None:
+    """Apply one optimization; StackUnsupported if it changed nothing (see `Effect`)."""
+    effect = opt.spec.effect
     try:
+        before = effect.take(pipe) if effect is not None else None
         opt.spec.apply(pipe, ApplyContext(device=device, value=opt.value))
+        no_effect = effect.missing(pipe, before) if effect is not None else None
     except (StackUnsupported, SdoptUsageError):
         raise
     except Exception as exc:  # a diffusers/torch error while applying: name the optimization
         raise StackApplyError(opt.name, exc) from exc
+    if no_effect is not None:
+        raise StackUnsupported(opt.name, no_effect)
 
 
 class StackApplyError(RuntimeError):

@@ -55,7 +55,8 @@ def pytest_report_header(config: pytest.Config) -> str | None:
     if values is None:
         return None
     header = f"sdopt: model={values['model']} device={values['device']} baselines={_shown(config, values['baseline-dir'])}"
-    return header + (" (updating)" if values["update-baselines"] else "")
+    mode = values["update-baselines"]
+    return header + (f" (updating: {mode})" if mode else "")
 
 
 def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
@@ -82,6 +83,8 @@ def pytest_testnodedown(node: object, error: object) -> None:
     output = getattr(node, "workeroutput", None) or {}
     if SETTINGS_KEY in config.stash and output.get("sdopt_entries"):
         sdopt_session(config).worker_entries.extend(output["sdopt_entries"])
+    if SETTINGS_KEY in config.stash and output.get("sdopt_writes"):
+        sdopt_session(config).worker_writes.extend(output["sdopt_writes"])
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
@@ -93,6 +96,7 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     if workeroutput is not None:  # an xdist worker: hand the runs to the controller, write nothing
         if SESSION_KEY in config.stash:
             workeroutput["sdopt_entries"] = config.stash[SESSION_KEY].entries()
+            workeroutput["sdopt_writes"] = [write.as_dict() for write in config.stash[SESSION_KEY].writes]
         return
     if SESSION_KEY not in config.stash and not (settings["json"] or settings["html"]):
         return  # no sdopt test ran and no report was asked for
@@ -106,6 +110,9 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: p
     if session is None or hasattr(config, "workerinput"):
         return
     entries = session.entries()
+    writes = session.all_writes()
+    if writes:
+        _write_baseline_list(terminalreporter, config, writes, session.settings["update-baselines"])
     if not entries:
         return
     from pytest_sdopt.summary import environment_line, render_table
@@ -121,6 +128,18 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: p
     for name in ("json", "html"):
         if session.settings[name]:
             terminalreporter.write_line(f"sdopt {name}: {_shown(config, session.settings[name]).rstrip('/')}")
+
+
+def _write_baseline_list(terminalreporter: pytest.TerminalReporter, config: pytest.Config, writes: list,
+                         mode: str | None) -> None:
+    """Every file --sdopt-update-baselines wrote, so no baseline ever changes unseen."""
+    from pytest_sdopt.parsing import shown
+
+    terminalreporter.write_sep("=", f"sdopt baselines written (--sdopt-update-baselines={mode})")
+    for write in writes:
+        line = write.describe(shown(Path(write.path), config.invocation_params.dir))
+        terminalreporter.write_line(("WARNING: " if write.suspicious else "") + line,
+                                    yellow=write.suspicious, bold=write.suspicious)
 
 
 def _version() -> str:

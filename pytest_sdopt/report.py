@@ -16,11 +16,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: the inconclusive verdict, run_host_bytes, the speed figure's intervals
+READABLE_VERSIONS = (1, 2)  # `sdopt compare` still reads files written before
 SCHEMA_FILE = Path(__file__).resolve().parent / "results.schema.json"
 FIGURES = ("its", "total_s", "peak_vram_bytes", "peak_vram_reserved_bytes", "peak_device_bytes", "peak_host_bytes")
 # Optional in the schema: files written before they existed lack them.
-TIMINGS = ("best_its", "machine_relative_its", "reference_s", "warmup_s", "call_s")
+TIMINGS = ("run_host_bytes", "reference_s", "warmup_s", "call_s")
 
 
 class ResultsError(Exception):
@@ -65,6 +66,7 @@ def run_entry(record: Any, images_dir: Path | None = None, reference_image: Path
     scenario = asdict(result.scenario)
     scenario["size"] = list(scenario["size"]) if scenario["size"] else None
     figures = {name: getattr(result, name) for name in FIGURES + TIMINGS}
+    figures.update(result.speed.fields())  # the speed figure every verdict reads, with its intervals
     figures["settled_s"] = result.settled.seconds
     entry.update(scenario=scenario, figures=figures,
                  step_times_s=result.step_times_s, env=dict(result.env))
@@ -141,9 +143,9 @@ def load_results(location: str | Path) -> tuple[dict[str, Any], Path]:
         raise ResultsError(f"{path} cannot be read as JSON ({exc}).") from None
     if not isinstance(document, dict) or document.get("tool") != "pytest-sdopt":
         raise ResultsError(f"{path} is not a pytest-sdopt results file (no \"tool\": \"pytest-sdopt\").")
-    if document.get("schema_version") != SCHEMA_VERSION:
+    if document.get("schema_version") not in READABLE_VERSIONS:
         raise ResultsError(f"{path} has results schema version {document.get('schema_version')!r}; this "
-                           f"pytest-sdopt reads version {SCHEMA_VERSION}. Compare files written by the same "
+                           f"pytest-sdopt reads versions {', '.join(map(str, READABLE_VERSIONS))}. Compare files written by the same "
                            f"major version, or re-run the older side.")
     errors = schema_errors(document)
     if errors:

@@ -13,19 +13,15 @@ import statistics
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, Iterator
 
 from pytest_sdopt.clocks import Marks, marks_for
-from pytest_sdopt.machine import (
-    REFERENCE_NAME,
-    ReferenceWorkload,
-    machine_relative_its,
-    machine_relative_samples,
-)
+from pytest_sdopt.machine import ReferenceWorkload
 from pytest_sdopt.memory import trackers_for
 from pytest_sdopt.optimizations import Stack
 from pytest_sdopt.scenario import Measurement, Scenario
-from pytest_sdopt.speed import Settled, best_its
+from pytest_sdopt.speed import Settled, SpeedFigure
 
 TEXT_ENCODERS = ("text_encoder", "text_encoder_2", "text_encoder_3")
 
@@ -47,10 +43,19 @@ class RunResult:
     peak_vram_reserved_bytes: int | None = None  # CUDA allocator reserved peak
     peak_device_bytes: int | None = None  # the process's device memory through NVML
     peak_host_bytes: int | None = None  # the process's peak RSS during a measured run
+    # The host memory the run itself added: the peak above the process's resident size when the
+    # run began (before its pipeline was loaded), so it does not depend on which tests ran before.
+    run_host_bytes: int | None = None
     warmup_s: list[float] = field(default_factory=list)  # seconds of each unmeasured warm-up call
     call_s: list[float] = field(default_factory=list)  # seconds of each measured call
     settled: Settled = field(default_factory=Settled)  # extra measured calls made by --sdopt-settle
     reference_s: list[float] = field(default_factory=list)  # CPU: the machine's reference workload around each call
+    cpu_threads: int | None = None  # torch's intra-op threads during a CPU run
+
+    @cached_property
+    def speed(self) -> SpeedFigure:
+        """The speed figure every speed verdict reads (speed.py), computed once."""
+        return SpeedFigure.measured(self.step_times_s, self.reference_s, self.cpu_threads)
 
     @property
     def image(self) -> Any:
@@ -59,22 +64,12 @@ class RunResult:
     @property
     def best_its(self) -> float:
         """The best measured call's steps per second (see speed.py): what max_its_drop compares on CUDA."""
-        return best_its(self.step_times_s)
+        return self.speed.best_its
 
     @property
     def machine_relative_its(self) -> float | None:
         """Steps per second relative to the machine's speed (machine.py): what max_its_drop compares on CPU."""
-        return machine_relative_its(self.step_times_s, self.reference_s)
-
-    @property
-    def machine_reference(self) -> str | None:
-        """Which reference workload `machine_relative_its` is relative to (machine.REFERENCE_NAME)."""
-        return REFERENCE_NAME if self.reference_s else None
-
-    @property
-    def machine_reference_s(self) -> float | None:
-        """Median seconds of the reference workload during the measured calls (how fast the machine was)."""
-        return statistics.median(self.reference_s) if self.reference_s else None
+        return self.speed.relative_its
 
 
 class StepClock:
@@ -143,8 +138,12 @@ class Runner:
     mode can drive the same calls instead (see fixture.py), so both see the same runs.
     """
 
-    def __init__(self, pipe: Any, stack: Stack, scenario: Scenario, device: Any, env: dict[str, Any]):
+    def __init__(self, pipe: Any, stack: Stack, scenario: Scenario, device: Any, env: dict[str, Any],
+                 resident_at_start: int | None = None):
+        """`resident_at_start`: the process's resident bytes when the run began, before its pipeline
+        was loaded (memory.resident_bytes), from which `run_host_bytes` counts."""
         pipe.set_progress_bar_config(disable=True)
+        self.resident_at_start = resident_at_start
         self.pipe, self.stack, self.scenario, self.device, self.env = pipe, stack, scenario, device, env
         self.kwargs = call_kwargs(scenario)
         self.trackers = trackers_for(device)
@@ -194,14 +193,16 @@ class Runner:
         else:
             self.warmups.append(end - clock.call_start)
 
-    def best_its(self) -> float:
-        return best_its(self.step_times)
-
-    def machine_relative_samples(self) -> list[float]:
-        return machine_relative_samples(self.step_times, self.reference_s)
+    def speed(self) -> SpeedFigure:
+        """The speed figure of the calls measured so far (what settling judges)."""
+        return SpeedFigure.measured(self.step_times, self.reference_s)
 
     def result(self) -> RunResult:
+        import torch
+
         rates = [len(times) / sum(times) for times in self.step_times if times and sum(times) > 0]
+        peak_host = self.peaks.get("peak_host_bytes")
+        added = None if peak_host is None or self.resident_at_start is None else max(0, peak_host - self.resident_at_start)
         return RunResult(
             stack=self.stack.name,
             scenario=self.scenario,
@@ -215,6 +216,8 @@ class Runner:
             call_s=list(self.totals),
             settled=self.settled,
             reference_s=list(self.reference_s),
+            cpu_threads=torch.get_num_threads() if getattr(self.device, "type", None) == "cpu" else None,
+            run_host_bytes=added,
             **self.peaks,
         )
 

@@ -26,6 +26,8 @@ class SdoptSession:
         self.worker_entries: list[dict[str, Any]] = []  # what pytest-xdist workers sent (controller only)
         self._entries: list[dict[str, Any]] | None = None
         self.references_recorded: set[Any] = set()  # (stack, scenario) recorded under --sdopt-update-baselines
+        self.writes: list[Any] = []  # baselines.BaselineWrite: every file --sdopt-update-baselines wrote
+        self.worker_writes: list[dict[str, Any]] = []  # what pytest-xdist workers wrote (controller only)
         self._models: dict[str, ModelSource | SdoptUsageError] = {}
         self._environments: dict[str, dict[str, Any]] = {}
 
@@ -70,6 +72,12 @@ class SdoptSession:
                 own.append(run_entry(record, self.images_dir, reference))
             self._entries = sorted(own + self.worker_entries, key=lambda e: (e["order"], e["nodeid"]))
         return self._entries
+
+    def all_writes(self) -> list[Any]:
+        """This process's baseline writes, then its workers' (as BaselineWrite)."""
+        from pytest_sdopt.baselines import BaselineWrite
+
+        return [*self.writes, *(BaselineWrite(**write) for write in self.worker_writes)]
 
     def record_check(self, checked: Any) -> None:
         """Attach a check to the record of the run it checked."""

@@ -101,6 +101,34 @@ def _matrix(value: object, what: str) -> tuple[str, ...] | None:
     return tuple(dict.fromkeys(names))  # duplicates would collect the same test twice
 
 
+UPDATE_MODES = {
+    "checked": "record the stacks the selected tests check, and the reference only where it is missing",
+    "all": "also run and re-record each scenario's reference stack",
+    "missing": "record only what is absent: images and this device's metrics not stored yet",
+}
+
+
+def _update_mode(value: object, what: str) -> str | None:
+    """--sdopt-update-baselines[=MODE]: a bare flag (or true) is `checked`; off / false: no update."""
+    if value is None or value is False:
+        return None
+    if value is True:
+        return "checked"
+    text = str(value).strip().lower()
+    if text in _FALSE:
+        return None
+    if text in _TRUE:
+        return "checked"
+    if text in UPDATE_MODES:
+        return text
+    modes = "; ".join(f"{name}: {meaning}" for name, meaning in UPDATE_MODES.items())
+    if any(mark in text for mark in ("/", "::", ".py")) or Path(text).exists():
+        raise SdoptUsageError(f"{what} takes an optional MODE, and took {value!r}, which looks like a test path: put "
+                              f"the paths before the flag, or write it as --sdopt-update-baselines=checked. {modes}.")
+    raise SdoptUsageError(f"{what} must be one of {', '.join(UPDATE_MODES)} (or a bare flag: checked), not "
+                          f"{value!r}. {modes}.")
+
+
 @dataclass(frozen=True)
 class Setting:
     name: str  # --sdopt-NAME, ini sdopt_NAME, marker keyword NAME.replace("-", "_")
@@ -156,6 +184,8 @@ SETTINGS: tuple[Setting, ...] = (
             _switchable(lambda v, w: parse_float(v, w, 0.0)), kind="gate", metavar="ITS"),
     Setting("min-ssim", "gate: minimum SSIM against the reference's baseline (default: per optimization)", None,
             _switchable(parse_ssim), kind="gate", metavar="SSIM"),
+    Setting("min-self-ssim", "gate: minimum SSIM against the stack's own stored image, so drift within min-ssim is "
+            "seen too (default: per optimization)", None, _switchable(parse_ssim), kind="gate", metavar="SSIM"),
     Setting("reference", f"the stack min-ssim compares against (default {REFERENCE})", REFERENCE, _stack_name,
             kind="gate", metavar="STACK"),
     Setting("max-its-drop", "gate: largest it/s drop against this device's stored metrics (default 10% on CUDA, "
@@ -166,8 +196,10 @@ SETTINGS: tuple[Setting, ...] = (
     # the session's own
     Setting("baseline-dir", "where baselines are stored (default: baselines/ under rootdir)", None, _text,
             kind="session", is_path=True, metavar="DIR"),
-    Setting("update-baselines", "record or replace the baselines of every checked run (the only way a "
-            "baseline is ever written)", False, _flag, kind="session", is_flag=True),
+    Setting("update-baselines", "record baselines (the only way one is ever written): bare or =checked records the "
+            "stacks the selected tests check and the reference only where it is missing; =all also re-records the "
+            "reference; =missing records only what is absent. Every write is listed at the session's end",
+            None, _update_mode, kind="session", metavar="MODE"),
     Setting("results-dir", "where failed comparisons leave actual, baseline and diff images (default: .sdopt/ "
             "under rootdir)", None, _text, kind="session", is_path=True, metavar="DIR"),
     Setting("matrix", "collect one gated test per stack: --sdopt-matrix (every registered optimization) or "
@@ -190,6 +222,7 @@ MEASUREMENT_KEYS = tuple(s.keyword for s in SETTINGS if s.kind == "measurement")
 GATE_KEYWORDS = tuple(s.keyword for s in SETTINGS if s.kind == "gate")
 RUN_KEYWORDS = SCENARIO_KEYS + MEASUREMENT_KEYS
 MARKER_KEYWORDS = RUN_KEYWORDS + GATE_KEYWORDS
+BARE_VALUES = {"matrix": "all", "update-baselines": "checked"}  # what the option means given without a value
 
 
 def add_options(parser: Any) -> None:
@@ -200,9 +233,9 @@ def add_options(parser: Any) -> None:
         cli_help = setting.help.replace("%", "%%")  # argparse %-formats help texts; ini help is shown as is
         if setting.is_flag:
             group.addoption(setting.cli, action="store_true", default=None, dest=dest, help=cli_help)
-        elif setting.name == "matrix":  # a bare --sdopt-matrix means every registered optimization
-            group.addoption(setting.cli, nargs="?", const="all", default=None, dest=dest, metavar=setting.metavar,
-                            help=cli_help)
+        elif setting.name in BARE_VALUES:  # a bare --sdopt-matrix means every registered optimization
+            group.addoption(setting.cli, nargs="?", const=BARE_VALUES[setting.name], default=None, dest=dest,
+                            metavar=setting.metavar, help=cli_help)
         else:
             group.addoption(setting.cli, default=None, dest=dest, metavar=setting.metavar, help=cli_help)
         parser.addini(setting.ini, help=setting.help, type="string", default="")
@@ -307,15 +340,17 @@ DEFAULT_ITS_DROP_ELSEWHERE = 0.25
 
 
 def resolve_gates(session: SessionSettings, marker: Mapping[str, Any], keywords: Mapping[str, Any],
-                  default_min_ssim: float, device_type: str) -> "GateLimits":
-    """Layer the gates the same way; min_ssim falls back to the stack's registry default and
-    max_its_drop to the device's. Returns the limits with switched-off gates as None.
+                  default_min_ssim: float, device_type: str, default_min_self_ssim: float | None = None) -> "GateLimits":
+    """Layer the gates the same way; min_ssim and min_self_ssim fall back to the stack's registry
+    defaults and max_its_drop to the device's. Returns the limits with switched-off gates as None.
     """
     from pytest_sdopt.gates import GateLimits
 
     limits = {name: _layered(name, session, marker, keywords) for name in GATE_KEYWORDS}
     if limits["min_ssim"] is None:
         limits["min_ssim"] = default_min_ssim
+    if limits["min_self_ssim"] is None:
+        limits["min_self_ssim"] = default_min_self_ssim
     if limits["max_its_drop"] is None:
         limits["max_its_drop"] = DEFAULT_ITS_DROP.get(device_type, DEFAULT_ITS_DROP_ELSEWHERE)
     return GateLimits(**{name: None if value is OFF else value for name, value in limits.items()})

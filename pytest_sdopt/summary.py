@@ -1,9 +1,10 @@
 """What the session ran, one row per run, and the table printed at the end of the session.
 
 The table reads run entries (plain data, see report.py), so a pytest-xdist controller prints
-the runs of all its workers. Columns: stack, device, it/s and its ratio to the reference run,
-peak VRAM and peak host memory with their ratios, SSIM against the reference's baseline, and
-the verdict. A gate that could not apply shows in the verdict as n/a; a run that was never
+the runs of all its workers. Columns: stack, device, it/s and its ratio to the reference run
+(marked `?` where a run was disturbed), peak VRAM with its ratio, the process's peak host memory
+and the host memory the run itself added with its ratio, SSIM against the reference's baseline,
+and the verdict (inconclusive gates named in it). A gate that could not apply shows in the verdict as n/a; a run that was never
 checked says so.
 """
 
@@ -40,15 +41,44 @@ def verdict(entry: dict[str, Any]) -> str:
     if entry["outcome"] == "failed" and entry["figures"] is None:
         return f"FAIL: {entry['note']}"
     failed = list(dict.fromkeys(g["gate"] for g in entry["gates"] if g["status"] == "FAIL"))
+    inconclusive = list(dict.fromkeys(g["gate"] for g in entry["gates"] if g["status"] == "inconclusive"))
     not_applicable = sorted({g["gate"] for g in entry["gates"] if g["status"] == "n/a"})
-    text = f"FAIL: {', '.join(failed)}" if failed else "pass"
-    return f"{text} (n/a: {', '.join(not_applicable)})" if not_applicable else text
+    if entry["outcome"] == "failed" and not failed:  # --sdopt-strict failed it on inconclusive gates
+        text = f"FAIL (strict): {', '.join(inconclusive)} inconclusive"
+        inconclusive = []
+    else:
+        text = f"FAIL: {', '.join(failed)}" if failed else "pass"
+    notes = [f"inconclusive: {', '.join(inconclusive)}"] if inconclusive else []
+    notes += [f"n/a: {', '.join(not_applicable)}"] if not_applicable else []
+    return f"{text} ({'; '.join(notes)})" if notes else text
 
 
 def _ratio(value: float | None, reference: float | None) -> str:
     if value is None or not reference:
         return "-"
     return f"{value / reference:.2f}x"
+
+
+# A ratio of two speeds is marked (`0.07x?`) when either run was disturbed: its calls disagree by
+# more than this (the half-width of its 95% interval), or the machine's speed (the reference
+# workload, machine.py) differed by more than 25% between the two runs.
+DISTURBED_SPREAD = 0.10
+DISTURBED_MACHINE_MOVE = 1.25
+DISTURBED_MARK = "?"
+
+
+def disturbed(figures: dict[str, Any], reference: dict[str, Any]) -> bool:
+    """Whether a speed ratio of these two runs' figures (results entries) is no evidence."""
+    key = "machine_relative_spread" if figures.get("machine_relative_its") is not None else "best_its_spread"
+    if any((side.get(key) or 0) > DISTURBED_SPREAD for side in (figures, reference)):
+        return True
+    now, then = figures.get("machine_reference_s"), reference.get("machine_reference_s")
+    return bool(now and then and max(now / then, then / now) > DISTURBED_MACHINE_MOVE)
+
+
+def _speed_ratio(figures: dict[str, Any], reference: dict[str, Any]) -> str:
+    text = _ratio(figures["its"], reference.get("its"))
+    return text + DISTURBED_MARK if text != "-" and disturbed(figures, reference) else text
 
 
 def _bytes(value: int | None) -> str:
@@ -70,19 +100,20 @@ def table_rows(entries: Iterable[dict[str, Any]]) -> tuple[list[str], list[list[
     entries = list(entries)
     show_test = any(not entry["in_matrix"] for entry in entries)
     header = (["test"] if show_test else []) + ["stack", "device", "it/s", "vs ref", "peak VRAM", "vs ref",
-                                                 "peak host", "vs ref", "SSIM", "verdict"]
+                                                 "peak host", "run host", "vs ref", "SSIM", "verdict"]
     rows = []
     for entry in entries:
         cells = [entry["test"]] if show_test else []
         figures = entry["figures"]
         if figures is None:
-            cells += [entry["stack"], "", "", "", "", "", "", "", "", verdict(entry)]
+            cells += [entry["stack"], "", "", "", "", "", "", "", "", "", verdict(entry)]
         else:
             reference = (reference_entry(entry, entries) or {}).get("figures") or {}
             cells += [
-                entry["stack"], entry["device"], f"{figures['its']:.2f}", _ratio(figures["its"], reference.get("its")),
+                entry["stack"], entry["device"], f"{figures['its']:.2f}", _speed_ratio(figures, reference),
                 _bytes(figures["peak_vram_bytes"]), _ratio(figures["peak_vram_bytes"], reference.get("peak_vram_bytes")),
-                _bytes(figures["peak_host_bytes"]), _ratio(figures["peak_host_bytes"], reference.get("peak_host_bytes")),
+                _bytes(figures["peak_host_bytes"]), _bytes(figures.get("run_host_bytes")),
+                _ratio(figures.get("run_host_bytes"), reference.get("run_host_bytes")),
                 "-" if entry["ssim"] is None else f"{entry['ssim']:.4f}", verdict(entry),
             ]
         rows.append(cells)
@@ -92,13 +123,19 @@ def table_rows(entries: Iterable[dict[str, Any]]) -> tuple[list[str], list[list[
 def render_table(entries: Iterable[dict[str, Any]]) -> list[str]:
     header, rows = table_rows(entries)
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
-    numeric = {"it/s", "vs ref", "peak VRAM", "peak host", "SSIM"}
+    numeric = {"it/s", "vs ref", "peak VRAM", "peak host", "run host", "SSIM"}
 
     def line(cells: list[str]) -> str:
         return "  ".join(cell.rjust(width) if header[i] in numeric else cell.ljust(width)
                          for i, (cell, width) in enumerate(zip(cells, widths))).rstrip()
 
-    return [line(header), *(line(row) for row in rows)]
+    lines = [line(header), *(line(row) for row in rows)]
+    speed_column = header.index("it/s") + 1
+    if any(row[speed_column].endswith(DISTURBED_MARK) for row in rows):
+        lines.append(f"{DISTURBED_MARK}: a disturbed run (its calls disagree by more than {DISTURBED_SPREAD:.0%}, or the "
+                     f"machine's speed moved more than {DISTURBED_MACHINE_MOVE - 1:.0%} between it and the reference's): "
+                     f"that speed ratio is no evidence")
+    return lines
 
 
 def environment_line(entries: Iterable[dict[str, Any]]) -> str | None:

@@ -2,6 +2,7 @@
 
 import json
 import multiprocessing
+from pathlib import Path
 from dataclasses import replace
 from types import SimpleNamespace
 
@@ -11,6 +12,7 @@ from PIL import Image
 
 from pytest_sdopt.baselines import BaselineError, BaselineStore, fingerprint, model_key, scenario_key
 from pytest_sdopt.scenario import Scenario
+from pytest_sdopt.speed import SpeedFigure
 
 SCENARIO = Scenario("tiny", "cpu", "a red circle", 1, (64, 48), 2, 7.5)
 ENV = {"device_name": "AMD EPYC", "torch": "2.13.0+cpu", "diffusers": "0.42.1"}
@@ -19,9 +21,10 @@ ENV = {"device_name": "AMD EPYC", "torch": "2.13.0+cpu", "diffusers": "0.42.1"}
 def result(stack="fp16", its=40.0, env=ENV, seed=0):
     pixels = np.random.default_rng(seed).integers(0, 256, (48, 64, 3), dtype=np.uint8)
     return SimpleNamespace(stack=stack, scenario=SCENARIO, images=[Image.fromarray(pixels)],
-                           image=Image.fromarray(pixels), step_times_s=[[0.1, 0.1]], its=its, best_its=its, machine_relative_its=None, machine_reference=None, machine_reference_s=None, total_s=0.5,
-                           device="cpu", env=env, peak_vram_bytes=None, peak_vram_reserved_bytes=None,
-                           peak_device_bytes=None, peak_host_bytes=500_000_000)
+                           image=Image.fromarray(pixels), step_times_s=[[1 / its] * 2], its=its, total_s=0.5,
+                           speed=SpeedFigure.measured([[1 / its] * 2], []), device="cpu", env=env, peak_vram_bytes=None,
+                           peak_vram_reserved_bytes=None, peak_device_bytes=None, peak_host_bytes=500_000_000,
+                           run_host_bytes=20_000_000)
 
 
 def test_layout_names_model_scenario_and_stack(tmp_path):
@@ -51,7 +54,9 @@ def test_model_keys_are_safe_folder_names(tmp_path):
 def test_record_then_read_round_trips_image_and_metrics(tmp_path):
     store = BaselineStore(tmp_path / "b", tmp_path / "locks")
     run = result()
-    path = store.record(run)
+    writes = store.record(run)
+    path = Path(writes[0].path)
+    assert [(Path(w.path).name, w.replaced) for w in writes] == [("fp16.png", False), ("fp16.json", False)]
     assert np.array_equal(np.asarray(store.read_image(SCENARIO, "fp16")), np.asarray(run.image))
     baseline = store.baseline(SCENARIO, "fp16", ENV)
     assert baseline.exists and baseline.image_path == path
@@ -94,7 +99,7 @@ def test_concurrent_recorders_never_lose_each_others_metrics(tmp_path):
 
 def test_unreadable_files_are_errors_that_say_how_to_repair_them(tmp_path):
     store = BaselineStore(tmp_path, tmp_path / "locks")
-    path = store.record(result())
+    path = Path(store.record(result())[0].path)
     store.metrics_path(SCENARIO, "fp16").write_text("{not json")
     with pytest.raises(BaselineError, match="cannot be read.*--sdopt-update-baselines"):
         store.read_metrics(SCENARIO, "fp16")
@@ -104,3 +109,18 @@ def test_unreadable_files_are_errors_that_say_how_to_repair_them(tmp_path):
     path.write_bytes(b"not a png")
     with pytest.raises(BaselineError, match="cannot be read"):
         store.read_image(SCENARIO, "fp16")
+
+
+def test_every_write_is_returned_with_the_replaced_image_s_ssim_to_the_old_one(tmp_path):
+    store = BaselineStore(tmp_path, tmp_path / "locks")
+    store.record(result())
+    same = store.record(result(), tolerance=0.95)
+    assert [(Path(w.path).name, w.replaced) for w in same] == [("fp16.png", True), ("fp16.json", True)]
+    assert same[0].ssim_to_old == pytest.approx(1.0) and not same[0].suspicious
+    assert same[0].describe("b/fp16.png") == "replaced b/fp16.png: SSIM 1.0000 to the old image"
+    other = store.record(result(seed=1), tolerance=0.95)[0]  # other noise: nothing alike
+    assert other.suspicious and other.ssim_to_old < 0.1
+    assert "below fp16's min_ssim 0.95: look at it before you commit it" in other.describe("b/fp16.png")
+    only_metrics = store.record(result(seed=2), image=False)
+    assert [Path(w.path).name for w in only_metrics] == ["fp16.json"]
+    assert np.array_equal(np.asarray(store.read_image(SCENARIO, "fp16")), np.asarray(result(seed=1).image))

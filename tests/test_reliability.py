@@ -86,7 +86,7 @@ def test_hostile_parametrize_ids_stay_inside_the_results_dir(run_sdopt, pytester
 
 
 def test_an_xdist_matrix_with_two_workers_merges_every_stack_exactly_once(pytester):
-    stacks = "fp32,bf16,sdpa,vae_slicing,xformers"
+    stacks = "fp32,bf16,attention_slicing,vae_slicing,xformers"
     quiet = ("-W", "ignore::pytest.PytestAssertRewriteWarning")
     common = ("-p", "pytest_sdopt", *quiet, *FAST, f"--sdopt-matrix={stacks}")
     pytester.runpytest_subprocess(*common, "--sdopt-update-baselines").assert_outcomes(passed=4, skipped=1)
@@ -97,5 +97,5 @@ def test_an_xdist_matrix_with_two_workers_merges_every_stack_exactly_once(pytest
     assert sorted(run["stack"] for run in runs) == sorted(stacks.split(","))
     assert [run["stack"] for run in runs] == stacks.split(",")  # in collection order, not finishing order
     assert (pytester.path / "merged.html").read_text().count("<section") == 5
-    result.stdout.fnmatch_lines(["*= sdopt =*", "stack * verdict", "fp32 * pass*", "bf16 * pass*", "sdpa * pass*",
+    result.stdout.fnmatch_lines(["*= sdopt =*", "stack * verdict", "fp32 * pass*", "bf16 * pass*", "attention_slicing * pass*",
                                  "vae_slicing * pass*", "xformers * skipped:*"])
