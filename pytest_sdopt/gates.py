@@ -177,7 +177,7 @@ def max_its_drop(result: Any, limit: float, stored: StoredMetrics) -> GateOutcom
     """It/s against the stored figure, with three verdicts (speed.judge_speed): relative to the
     machine's speed where both were timed beside a reference workload (CPU, machine.py), else the
     best measured call's. Figures measured with another number of CPU threads are not compared."""
-    from pytest_sdopt.speed import SpeedFigure, Verdict, judge_speed
+    from pytest_sdopt.speed import SpeedFigure, Verdict, judge_speed, machine_change
 
     limit_text = f"<= {limit:.0%} slower than stored"
     not_applicable = _relative_not_applicable("max_its_drop", stored, limit_text)
@@ -201,8 +201,7 @@ def max_its_drop(result: Any, limit: float, stored: StoredMetrics) -> GateOutcom
                     f"({-judged.drop:+.1%}{noise})")
     notes = []
     if judged.machine_moved is not None and abs(judged.machine_moved - 1) >= 0.001:
-        moved = judged.machine_moved
-        notes.append(f"the machine ran {abs(moved - 1):.1%} {'slower' if moved > 1 else 'faster'} than when recorded")
+        notes.append(f"the machine ran {machine_change(judged.machine_moved)} than when recorded")
     settled = getattr(result, "settled", None)
     if settled is not None and settled.calls and settled.reason == "checking":
         runs_text = f"{settled.calls} more runs over {settled.seconds:.0f} s (--sdopt-settle)"

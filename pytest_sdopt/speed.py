@@ -123,21 +123,25 @@ def median_interval(samples: Sequence[float], span_s: float) -> float:
 # --- one speed figure per run, and the three verdicts on two of them -------------------------
 
 # Where too few runs (or too brief ones) give no interval of their own, a figure is taken to be
-# this uncertain (95%, as a fraction): a few runs on a shared machine can sit in one of its
-# states, which differ by 5-8% relative to the reference workload (machine.py) and by 10-35% in
-# raw it/s. A best call's raw speed on a GPU moves less, but a host-bound GPU run moves with its
-# CPU: the GPU prior is the CPU one for relative figures.
-FEW_RUNS_SPREAD = {True: 0.08, False: 0.10}  # machine-relative / best call's it/s
+# this uncertain (95%, as a fraction), unless its runs disagree by more. Relative to the reference
+# workload (machine.py), fresh processes on a quiet machine spread 1.1-1.3% (one standard
+# deviation) and the machine's slower states move it by up to 5-8% for minutes; raw it/s moves
+# 10-35% between those states on CPU, and on a host-bound GPU a best call moves with its host.
+FEW_RUNS_SPREAD = {True: 0.05, False: 0.10}  # machine-relative / best call's it/s
 # And no interval is narrower than this: runs of one session agree with each other more than
 # with another session's (fresh processes spread 1.1-1.3% relative to the reference, machine.py).
 SESSION_SPREAD = 0.015
 # How far the machine's speed moved (the reference workload's time) between recording and check
-# adds to the uncertainty: a quarter of the move (log scale) while it is within 25% (the
-# relative figure corrects most of such a move), all of it beyond (a machine twice as busy is not
-# one a relative figure corrects: with 2 threads and one core taken, the reference ran 2.4x
-# slower and the relative figure read 28% low, benchmarks/speed_gate.py's load).
+# adds to the uncertainty: a quarter of the move (log scale) while it is within 25%, where the
+# relative figure corrects most of it, and 1.25 for every unit beyond. Beyond, the machine is in
+# another kind of state (cores contended, threads waiting on each other) that slows the code and
+# the reference unequally: with 2 threads and one core taken by another process, the reference
+# ran 2.4x slower and the relative figure read 28% low; and two sessions' states are not known
+# to differ by no more than that, so a figure from a machine twice as fast decides only drops
+# far past the limit.
 MACHINE_MOVE_TRUSTED = math.log(1.25)
 MACHINE_MOVE_WEIGHT = 0.25
+MACHINE_MOVE_BEYOND = 1.25
 
 
 def spread_of(samples: Sequence[float], span_s: float, machine_relative: bool) -> float:
@@ -272,7 +276,8 @@ def judge_speed(now: SpeedFigure, before: SpeedFigure, limit: float) -> SpeedJud
     if relative and now.machine_s and before.machine_s:
         moved = now.machine_s / before.machine_s
         shift = abs(math.log(moved))
-        from_machine = MACHINE_MOVE_WEIGHT * min(shift, MACHINE_MOVE_TRUSTED) + max(0.0, shift - MACHINE_MOVE_TRUSTED)
+        from_machine = (MACHINE_MOVE_WEIGHT * min(shift, MACHINE_MOVE_TRUSTED)
+                        + MACHINE_MOVE_BEYOND * max(0.0, shift - MACHINE_MOVE_TRUSTED))
     uncertainty = own + from_machine
     drop_low, drop_high = 1 - ratio * math.exp(uncertainty), 1 - ratio * math.exp(-uncertainty)
     if drop_high <= limit + 1e-12:
@@ -287,6 +292,13 @@ def judge_speed(now: SpeedFigure, before: SpeedFigure, limit: float) -> SpeedJud
     return SpeedJudgement(verdict, 1 - ratio, drop_low, drop_high, relative, moved, why, remedy)
 
 
+def machine_change(moved: float, digits: int = 1) -> str:
+    """`moved` (the reference's seconds now / then) in words: "25.0% slower", "100.0% faster"."""
+    if moved >= 1:
+        return f"{moved - 1:.{digits}%} slower"
+    return f"{1 / moved - 1:.{digits}%} faster"
+
+
 SETTLE_ADVICE = "--sdopt-settle 60 (re-measures for up to a minute before a verdict)"
 
 
@@ -296,8 +308,7 @@ def _what_kept_it_open(now: SpeedFigure, before: SpeedFigure, spreads: tuple[flo
     now_spread, before_spread = spreads
     largest = max(now_spread, before_spread, from_machine)
     if largest == from_machine and moved is not None:
-        direction = "slower" if moved > 1 else "faster"
-        return (f"the machine ran {abs(moved - 1):.0%} {direction} than when the figure was recorded, more than a "
+        return (f"the machine ran {machine_change(moved, 0)} than when the figure was recorded, more than a "
                 f"machine-relative figure corrects", "check on a machine as quiet as at recording, or record again here")
     which, figure = ("this run's", now) if largest == now_spread else ("the stored figure's", before)
     if not figure.has_interval:

@@ -70,3 +70,55 @@ def tiny_copy(tmp_path: Path) -> Path:
     folder = tmp_path / "my-model"
     shutil.copytree(TINY_DIR, folder)
     return folder
+
+
+# A conftest for inner sessions whose speed verdicts must depend on the test alone: the steps' and
+# the reference workload's timings are faked at their boundary (StepClock.step_times,
+# ReferenceWorkload.seconds) from SDOPT_FAKE_STEP_S and SDOPT_FAKE_REFERENCE_S, comma-separated
+# seconds per measured call (the last value repeats). Everything else runs for real.
+FAKE_TIMING = """
+import os
+
+import pytest
+
+from pytest_sdopt.machine import ReferenceWorkload
+from pytest_sdopt.runner import StepClock
+
+
+def _series(name):
+    return [float(value) for value in os.environ[name].split(",")]
+
+
+@pytest.fixture(autouse=True)
+def fake_timing(monkeypatch):
+    if "SDOPT_FAKE_STEP_S" not in os.environ:
+        return
+    steps, reference = _series("SDOPT_FAKE_STEP_S"), _series("SDOPT_FAKE_REFERENCE_S")
+    counts = {"calls": 0, "readings": 0}
+
+    def step_times(self):
+        index = counts["calls"]
+        counts["calls"] += 1
+        return [steps[min(index, len(steps) - 1)]] * len(self.step_ends)
+
+    def seconds(self, repetitions=2):
+        index = counts["readings"] // 2  # read before and after each measured call
+        counts["readings"] += 1
+        return reference[min(index, len(reference) - 1)]
+
+    monkeypatch.setattr(StepClock, "step_times", step_times)
+    monkeypatch.setattr(ReferenceWorkload, "seconds", seconds)
+"""
+
+
+@pytest.fixture
+def fake_timing(pytester: pytest.Pytester, monkeypatch):
+    """Install FAKE_TIMING in the inner project; returns set(step_s, reference_s) for the next session."""
+    pytester.makeconftest(FAKE_TIMING)
+
+    def set_timing(step_s, reference_s) -> None:
+        join = lambda values: ",".join(str(v) for v in (values if isinstance(values, (list, tuple)) else [values]))
+        monkeypatch.setenv("SDOPT_FAKE_STEP_S", join(step_s))
+        monkeypatch.setenv("SDOPT_FAKE_REFERENCE_S", join(reference_s))
+
+    return set_timing

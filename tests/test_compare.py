@@ -72,13 +72,13 @@ def test_it_s_lowered_by_a_fifth_is_a_regression_of_that_stack(recorded, new, ca
     out = capsys.readouterr().out
     assert "1 of 3 stacks regressed: bf16 (test_hold.py::test_hold[bf16]): its -20.0% ± " in out
     assert "(machine-relative: " in out  # the figure the gate compares on CPU, not raw it/s
-    # Against a 25% limit one run each side cannot tell a 20% drop: inconclusive, shown, and not a failure ...
-    assert main(["compare", str(recorded), str(new), "--fail", "its:25%"]) == 0
+    # Against a 22% limit one run each side cannot tell a 20% drop: inconclusive, shown, and not a failure ...
+    assert main(["compare", str(recorded), str(new), "--fail", "its:22%"]) == 0
     out = capsys.readouterr().out
     assert "1 of 3 stacks inconclusive: bf16 (test_hold.py::test_hold[bf16]): its -20.0% ± " in out
     assert "inconclusive, this run's 1 run" in out and "--sdopt-settle 60" in out
     # ... except with --strict.
-    assert main(["compare", str(recorded), str(new), "--fail", "its:25%", "--strict"]) == 1
+    assert main(["compare", str(recorded), str(new), "--fail", "its:22%", "--strict"]) == 1
 
 
 def test_a_speed_change_inside_the_noise_is_not_a_regression(recorded, new, capsys):
