@@ -1,5 +1,5 @@
-"""The speed figure the `max_its_drop` gate compares, and settling: re-measuring before a
-speed verdict counts.
+"""The speed figure every speed verdict reads (`SpeedFigure`), the three verdicts on two of them
+(`judge_speed`: pass, FAIL, inconclusive), and settling: re-measuring before a verdict counts.
 
 What the noise looks like on this project's 2-core CI machine (benchmarks/speed_gate.py):
 within one pipeline call the step times agree to 1-2%, but the machine itself moves between
@@ -16,9 +16,12 @@ interval on them would be precise about the wrong thing). Hence:
   reference), a call's speed is `1 / median(step times)` and a stack's figure its best call's:
   interference only slows, so the best call is the closest estimate of the machine's
   undisturbed speed;
-- with `settle` seconds (`--sdopt-settle`), a check whose speed gate would fail keeps measuring
-  for up to that long and fails only if the figure never came within the limit, and a recording
-  measures for twice that long, so the stored figure rests on more runs than any check.
+- each figure carries its 95% interval; `judge_speed` takes the drop's range from both figures'
+  intervals and how far the machine's speed moved between them, and says pass (all of it within
+  the limit), FAIL (all of it past the limit) or inconclusive (with why and what would settle it);
+- with `settle` seconds (`--sdopt-settle`), a check whose verdict is not yet pass keeps measuring
+  for up to that long, and a recording measures for twice that long, so the stored figure rests
+  on more runs than any check.
 """
 
 from __future__ import annotations

@@ -118,31 +118,22 @@ def test_a_baseline_of_another_size_is_its_own_error(downstream, pytester):
                                  "are not compared (baseline baselines/*/fp32.png)*"])
 
 
-def test_a_stored_speed_figure_catches_an_unmistakable_slowdown(run_sdopt, pytester):
-    """The slowdown is injected (a second per step: tens of times slower), never measured against another day."""
+def test_a_stored_speed_figure_catches_an_unmistakable_slowdown(run_sdopt, pytester, fake_timing):
+    """The slowdown is injected at the timing boundary (tests/conftest.py FAKE_TIMING: steps read 100x
+    longer), never measured against another day. It once slept a second per step and failed under load:
+    with another process on one of the 2 cores, a 2-thread torch run's steps took as long as that sleep
+    (each parallel region waits for the descheduled thread), so the recording read 0.47 it/s too."""
     source = """
-        import time
-        import pytest
-        from pytest_sdopt.runner import StepClock
-
-        @pytest.fixture
-        def slow(request, monkeypatch):
-            if request.config.getoption("sdopt_update_baselines"):
-                return
-            original = StepClock.on_step_end
-            def slower(self, *args):
-                time.sleep(1.0)
-                return original(self, *args)
-            monkeypatch.setattr(StepClock, "on_step_end", slower)
-
-        def test_speed(sdopt, slow):
+        def test_speed(sdopt):
             sdopt.check(sdopt.run("fp32"))
     """
+    fake_timing(0.01, 0.004)
     run_sdopt(source, "--sdopt-update-baselines").assert_outcomes(passed=1)
+    fake_timing(1.0, 0.004)
     result = run_sdopt(source, "--sdopt-max-its-drop", "50%")
     result.assert_outcomes(failed=1)
-    result.stdout.fnmatch_lines(["*FAIL  max_its_drop        measured * it/s (1 run); relative to the machine's speed, "
-                                 "-*% vs stored (1 run), limit <= 50% slower than stored"])
+    result.stdout.fnmatch_lines(["*FAIL  max_its_drop        measured 1.00 it/s (1 run); relative to the machine's speed, "
+                                 "-99.0% ± *% vs stored (1 run), limit <= 50% slower than stored"])
     # Switched off, the same run passes: the failure came from the stored figure alone.
     run_sdopt(source).assert_outcomes(passed=1)
 
