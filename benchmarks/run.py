@@ -4,12 +4,13 @@
     .venv/bin/python benchmarks/run.py [--only overhead,matrix,import,memory,speed,verdicts] [--quick]
 
 Each part runs in a process of its own, so none inherits another's imports, caches or memory
-(a child's peak RSS as the kernel reports it even includes its parent's at the fork). Takes
-15 to 25 minutes on the 2-core CI machine, most of it the speed gate's 21 sessions (the
-recording measures for 120 s, and a slowed check re-measures for its full 60 s before it
-fails, as it should). `--quick` runs fewer pairs, rounds and sessions for a smoke test; its
-figures are not the published ones. Exit status 1 when any target is missed. The README's
-Performance section quotes this table.
+(a child's peak RSS as the kernel reports it even includes its parent's at the fork). Without
+`verdicts`, takes 15 to 25 minutes on the 2-core CI machine, most of it the speed gate's 21
+sessions (the recording measures for 120 s, and a slowed check re-measures for its full 60 s
+before it fails, as it should); `verdicts` adds 80 pytest sessions (--quick: 16), 1-2 minutes
+each on that machine while it was shared. `--quick` runs fewer pairs, rounds and sessions for
+a smoke test; its figures are not the published ones. Exit status 1 when any target is missed.
+The README's Performance section quotes this table.
 """
 
 from __future__ import annotations

@@ -21,7 +21,10 @@ inconclusive is counted and shown but is not one. In (d) a FAIL is a detection (
     .venv/bin/python benchmarks/verdicts.py [--sessions 10] [--only a,b,c,d]
 
 Each session line shows the verdict with the gate's measured and detail text, so the reason
-for a verdict can be read. Takes ~40 s per session and scenario on the 2-core CI machine.
+for a verdict can be read; `--keep DIR` keeps every session's results JSON (per-call step and
+reference times) for a closer look. Each scenario's session is two pytest sessions, 1-2 minutes
+each on a 2-core machine (`--sessions 1`, 8 of them, took 8-14 minutes while other tests shared
+it). The load average is printed with the summary: on a shared machine "quiet" is not quiet.
 """
 
 from __future__ import annotations

@@ -175,8 +175,10 @@ class BaselineStore:
                 document = {"schema": SCHEMA, "stack": result.stack, "model": scenario.model,
                             "metrics": dict(sorted(every.items()))}
                 _atomic_write(self.metrics_path(scenario, result.stack), _json_bytes(document))
+            speed = result.speed
+            spread = speed.relative_spread if speed.relative_its is not None else speed.best_spread
             writes.append(BaselineWrite(str(self.metrics_path(scenario, result.stack)), result.stack, replaced=replaced,
-                                        fingerprint=key))
+                                        fingerprint=key, speed_spread=spread))
         return writes
 
     def _old_image(self, scenario: Scenario, stack: str) -> Any:
@@ -196,17 +198,29 @@ class BaselineWrite:
     ssim_to_old: float | None = None  # a replaced image: its SSIM to the new one
     tolerance: float | None = None  # the stack's own min_ssim: a replacement below it is flagged
     fingerprint: str | None = None  # metrics: whose entry
+    speed_spread: float | None = None  # metrics: the recorded speed's 95% half-width, as a fraction
+
+    @property
+    def disturbed(self) -> bool:
+        """Metrics recorded while the machine was disturbed: checks against them will be inconclusive."""
+        return self.speed_spread is not None and self.speed_spread > DISTURBED_RECORDING_SPREAD
 
     @property
     def suspicious(self) -> bool:
-        """A replaced image that differs from the old one by more than the stack's own tolerance."""
-        return (self.replaced and self.ssim_to_old is not None and self.tolerance is not None
-                and self.ssim_to_old + 1e-9 < self.tolerance)
+        """A replaced image that differs from the old one by more than the stack's own tolerance, or
+        a speed recorded on a disturbed machine."""
+        return self.disturbed or (self.replaced and self.ssim_to_old is not None and self.tolerance is not None
+                                  and self.ssim_to_old + 1e-9 < self.tolerance)
 
     def describe(self, shown_path: str) -> str:
         verb = "replaced" if self.replaced else "new"
         if self.fingerprint is not None:
-            return f"{verb} {shown_path} ({self.fingerprint})"
+            text = f"{verb} {shown_path} ({self.fingerprint})"
+            if self.disturbed:
+                text += (f": its speed was recorded on a disturbed machine (its runs disagree by "
+                         f"±{min(self.speed_spread, 9.99):.0%}), so checks against it will be inconclusive; record "  # type: ignore[type-var]
+                         f"again on a quieter machine, with --sdopt-settle 60 or --sdopt-cpu-threads 1")
+            return text
         if self.ssim_to_old is None:
             return f"{verb} {shown_path}"
         text = f"{verb} {shown_path}: SSIM {self.ssim_to_old:.4f} to the old image"
@@ -218,7 +232,12 @@ class BaselineWrite:
     def as_dict(self) -> dict[str, Any]:
         """Plain data, for a pytest-xdist worker to hand to the controller."""
         return {"path": self.path, "stack": self.stack, "replaced": self.replaced, "ssim_to_old": self.ssim_to_old,
-                "tolerance": self.tolerance, "fingerprint": self.fingerprint}
+                "tolerance": self.tolerance, "fingerprint": self.fingerprint, "speed_spread": self.speed_spread}
+
+
+# A recording whose runs disagree by more than this (the half-width of its speed's 95% interval)
+# was made on a disturbed machine: the session's list of writes says so.
+DISTURBED_RECORDING_SPREAD = 0.10
 
 
 class BaselineError(SdoptUsageError):

@@ -116,7 +116,7 @@ def _compare_speed(before: dict[str, Any], after: dict[str, Any], limit: float, 
         return
     judged = judge_speed(new, old, limit)
     figure = "machine-relative" if judged.machine_relative else "best call"
-    row.its_change = f"{-judged.drop:+.1%} ± {judged.noise:.1%}" if judged.noise < 1 else f"{-judged.drop:+.1%}"
+    row.its_change = f"{-judged.drop:+.1%} ± {judged.noise:.1%}" if judged.noise < 1 else f"{-judged.drop:+.1%} ± >100%"
     text = (f"its {row.its_change} ({figure}: {before['its']:.2f} -> {after['its']:.2f} it/s; "
             f"limit -{limit:.0%})")
     if judged.verdict is Verdict.FAIL:

@@ -22,7 +22,7 @@ from pytest_sdopt.baselines import Baseline, BaselineError, fingerprint
 from pytest_sdopt.checking import CheckContext, CheckedRun, check_run, update_command
 from pytest_sdopt.devices import cpu_threads_for, intra_op_threads, resolve_device, xdist_worker
 from pytest_sdopt.errors import RunOutOfMemory, SdoptUsageError, SdoptWarning, StackUnsupported
-from pytest_sdopt.memory import prime_process, resident_bytes, return_freed_memory_to_the_os
+from pytest_sdopt.memory import resident_bytes, return_freed_memory_to_the_os
 from pytest_sdopt.models import ModelSource
 from pytest_sdopt.optimizations import Stack, StackApplyError, parse_stack
 from pytest_sdopt.scenario import Measurement, Scenario
@@ -167,7 +167,7 @@ class Sdopt:
 
         from pytest_sdopt.runner import Runner, drive
 
-        prime_process()  # one-time imports must not count as the first run's memory
+        self._session.prime(plan.source, plan.device)  # one-time costs must not count as the first run's memory
         release_memory()  # what an earlier run left must not count in this one's peaks
         resident = resident_bytes()
         pipe = self._build(plan)

@@ -192,7 +192,7 @@ def max_its_drop(result: Any, limit: float, stored: StoredMetrics) -> GateOutcom
             f"--sdopt-update-baselines, or check with --sdopt-cpu-threads {before.cpu_threads})"))
     judged = judge_speed(now, before, limit)
     runs = now.runs
-    noise = f" ± {judged.noise:.1%}" if judged.noise < 1 else ""
+    noise = f" ± {judged.noise:.1%}" if judged.noise < 1 else " ± >100%"
     if judged.machine_relative:
         measured = (f"{now.best_its:.2f} it/s ({_of_runs('best', runs)}); relative to the machine's speed, "
                     f"{-judged.drop:+.1%}{noise} vs stored ({_of_runs('median', runs)})")

@@ -223,24 +223,6 @@ def resident_bytes() -> int | None:
     return int(psutil.Process(os.getpid()).memory_info().rss)
 
 
-_PRIMED: list[bool] = []  # a list: no `global`
-
-
-def prime_process() -> None:
-    """Once per process, before the first run's resident size is read: import what every run's
-    loading imports (diffusers' Stable Diffusion pipelines, transformers' CLIP models: ~230 MB of
-    modules the first time), so the first test's `run_host_bytes` does not carry them and the
-    figure does not depend on which test ran first."""
-    if _PRIMED:
-        return
-    _PRIMED.append(True)
-    import diffusers
-    import transformers
-
-    for module, name in ((diffusers, "StableDiffusionPipeline"), (transformers, "CLIPTextModel")):
-        getattr(module, name, None)  # both libraries import their submodules lazily, on attribute access
-
-
 def return_freed_memory_to_the_os() -> None:
     """glibc keeps freed heap for reuse; trim it so the next run's RSS starts from what is really live."""
     if sys.platform.startswith("linux"):

@@ -15,6 +15,9 @@ from pytest_sdopt.report import run_entry
 from pytest_sdopt.summary import RunRecord
 
 
+_PRIMED: set[tuple[str, ...]] = set()  # (model, device) primed in this process (runner.prime)
+
+
 class SdoptSession:
     """Created at pytest_configure, kept in config.stash; plain object, testable without pytest."""
 
@@ -42,6 +45,17 @@ class SdoptSession:
         if isinstance(found, SdoptUsageError):
             raise found
         return found
+
+    def prime(self, source: ModelSource, device: Any) -> None:
+        """runner.prime, once per model and device in this process (its one-time costs are the process's)."""
+        key = (source.kind, source.name, str(source.folder), str(device))
+        if key in _PRIMED:
+            return
+        _PRIMED.add(key)
+        from pytest_sdopt.optimizations import parse_stack
+        from pytest_sdopt.runner import prime
+
+        prime(source.load, parse_stack(self.settings["reference"]), device)
 
     def environment(self, device: Any) -> dict[str, Any]:
         key = str(device)

@@ -124,3 +124,15 @@ def test_every_write_is_returned_with_the_replaced_image_s_ssim_to_the_old_one(t
     only_metrics = store.record(result(seed=2), image=False)
     assert [Path(w.path).name for w in only_metrics] == ["fp16.json"]
     assert np.array_equal(np.asarray(store.read_image(SCENARIO, "fp16")), np.asarray(result(seed=1).image))
+
+
+def test_a_speed_recorded_on_a_disturbed_machine_is_flagged_in_the_list_of_writes(tmp_path):
+    store = BaselineStore(tmp_path, tmp_path / "locks")
+    steady = store.record(result(), image=False)[0]
+    assert not steady.suspicious and steady.describe("b/fp16.json") == f"new b/fp16.json ({fingerprint(ENV)})"
+    disturbed = result()
+    disturbed.speed = SpeedFigure.measured([[0.025] * 2, [0.1] * 2, [1.0] * 2], [])  # calls 40x apart
+    flagged = store.record(disturbed, image=False)[0]
+    assert flagged.suspicious and flagged.disturbed
+    assert "its speed was recorded on a disturbed machine (its runs disagree by ±" in flagged.describe("b/fp16.json")
+    assert "checks against it will be inconclusive" in flagged.describe("b/fp16.json")
