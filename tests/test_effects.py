@@ -190,10 +190,17 @@ CASES = {
 }
 
 
+def skip_where_this_diffusers_lacks_the_api(stack, pipe):
+    """CI also runs the oldest diffusers pyproject.toml admits, which has no group offloading."""
+    if stack == "group_offload" and not hasattr(pipe, "enable_group_offload"):
+        pytest.skip("this diffusers has no pipe.enable_group_offload()")
+
+
 @pytest.mark.parametrize("stack", list(CASES))
 def test_each_optimization_acts_on_the_embedded_model(stack):
     acted, _prepare, _reason = CASES[stack]
     pipe = tiny()
+    skip_where_this_diffusers_lacks_the_api(stack, pipe)
     assert not acted(pipe)  # else this case could not tell an effect from none
     apply(stack, pipe)  # no StackUnsupported
     assert acted(pipe)
@@ -203,6 +210,7 @@ def test_each_optimization_acts_on_the_embedded_model(stack):
 def test_each_optimization_that_changed_nothing_says_what_it_found(stack):
     _acted, prepare, reason = CASES[stack]
     pipe = tiny()
+    skip_where_this_diffusers_lacks_the_api(stack, pipe)
     prepare(pipe)
     with pytest.raises(StackUnsupported) as raised:
         apply(stack, pipe)
