@@ -18,7 +18,7 @@ Every stack of every check is one verdict. A FAIL in (a)-(c) is a false alarm (t
 inconclusive is counted and shown but is not one. In (d) a FAIL is a detection (target
 >= 9 in 10): a real regression that large must not read inconclusive.
 
-    .venv/bin/python benchmarks/verdicts.py [--sessions 10] [--only a,b,c,d]
+    .venv/bin/python benchmarks/verdicts.py [--sessions 10] [--only a,b,c,d] [--cpu-threads N]
 
 Each session line shows the verdict with the gate's measured and detail text, so the reason
 for a verdict can be read; `--keep DIR` keeps every session's results JSON (per-call step and
@@ -108,6 +108,9 @@ def cpu_load(active: bool) -> Iterator[None]:
         hog.wait()
 
 
+EXTRA_OPTIONS: list[str] = []  # --cpu-threads N: every session gets --sdopt-cpu-threads N (not the defaults)
+
+
 def pytest_session(project: Path, options: list[str], loaded: bool, slowdown: float = 0.0,
                    keep: Path | None = None) -> list[dict]:
     """One `pytest -p pytest_sdopt` session in the project; its runs from --sdopt-json (copied to `keep`)."""
@@ -115,7 +118,7 @@ def pytest_session(project: Path, options: list[str], loaded: bool, slowdown: fl
     results.unlink(missing_ok=True)
     with cpu_load(loaded):
         _, output = timed_child([PYTHON, "-m", "pytest", "-p", "pytest_sdopt", "-q", "-p", "no:cacheprovider",
-                                 f"--sdopt-json={results}", *options], cwd=project,
+                                 f"--sdopt-json={results}", *EXTRA_OPTIONS, *options], cwd=project,
                                 env={"SDOPT_SLOWDOWN": str(slowdown)})
     if not results.is_file():
         raise RuntimeError(f"no results JSON from pytest {' '.join(options)}:\n{output[-3000:]}")
@@ -192,7 +195,7 @@ def measure(sessions: int, keys: list[str], keep: Path | None = None,
         rest = f", {other} without a verdict" if other else ""
         measured = f"{fails}/{total} ({passes} pass, {inconclusive} inconclusive{rest})"
         command = f"benchmarks/verdicts.py --only {key} --sessions {sessions}"
-        what = f"({key}) {scenario.title}, defaults"
+        what = f"({key}) {scenario.title}, " + (" ".join(EXTRA_OPTIONS) or "defaults")
         notes.append(f"({key}) {scenario.title}: {total} verdicts over {sessions} session"
                      f"{'' if sessions == 1 else 's'}: {fails} FAIL, {inconclusive} inconclusive, {passes} pass{rest}")
         notes += [f"      inconclusive x{n}: {reason}" for reason, n in reasons[key].most_common()]
@@ -212,8 +215,12 @@ def main() -> int:
     parser.add_argument("--only", default=",".join(SCENARIOS), help="comma-separated subset of a,b,c,d")
     parser.add_argument("--keep", default=None, metavar="DIR",
                         help="keep every session's results JSON here (<scenario>-<session>-record/check.json)")
+    parser.add_argument("--cpu-threads", type=int, default=None, metavar="N",
+                        help="run every session with --sdopt-cpu-threads N instead of the defaults (for comparison)")
     add_findings_option(parser)
     args = parser.parse_args()
+    if args.cpu_threads is not None:
+        EXTRA_OPTIONS.extend(["--sdopt-cpu-threads", str(args.cpu_threads)])
     keys = [key.strip() for key in args.only.split(",")]
     unknown = sorted(set(keys) - set(SCENARIOS))
     if unknown or args.sessions < 1:
