@@ -25,8 +25,9 @@ def build_parser() -> argparse.ArgumentParser:
     compare = commands.add_parser(
         "compare", help="compare two result sets (--sdopt-json files, or folders holding one)",
         description="Compare two pytest-sdopt result sets stack by stack; exit 1 on any regression.",
-        epilog="Thresholds (--fail, repeatable; defaults its:5%% vram:5%% host:10%% ssim:0.02): "
-               + "; ".join(f"{name}: {text}" for name, text in THRESHOLD_METRICS.items()).replace("%", "%%"))
+        # argparse %-formats help strings, not the epilog: no %% here.
+        epilog="Thresholds (--fail, repeatable; defaults its:5% vram:5% host:10% ssim:0.02): "
+               + "; ".join(f"{name}: {text}" for name, text in THRESHOLD_METRICS.items()))
     compare.add_argument("old", help="the accepted results: a results JSON file or its folder")
     compare.add_argument("new", help="the candidate results, recorded the same way")
     compare.add_argument("--fail", action="append", default=[], metavar="METRIC:LIMIT",

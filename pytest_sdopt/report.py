@@ -112,6 +112,10 @@ def write_results(path: Path, document: dict[str, Any]) -> None:
                                          delete=False, encoding="utf-8")
     with handle:
         handle.write(text)
+    # NamedTemporaryFile creates 0600; give the file the mode any file written here gets (the HTML's).
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(handle.name, 0o666 & ~umask)
     os.replace(handle.name, path)
 
 

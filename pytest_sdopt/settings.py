@@ -10,6 +10,7 @@ session of a repo that has the plugin installed, sdopt tests or not (benchmarks/
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
@@ -40,6 +41,17 @@ def _prompt(value: object, what: str) -> str:
     if not isinstance(value, str):
         raise SdoptUsageError(f"{what} must be a string, not {value!r}.")
     return value
+
+
+_DEVICE_FORM = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+
+
+def _device(value: object, what: str) -> str:
+    """The device's form is checked here (a usage error at start-up); whether it exists, when a run asks."""
+    text = _text(value, what)
+    if not _DEVICE_FORM.fullmatch(text.lower()):
+        raise SdoptUsageError(f"{what} {text!r} is not a device: use auto, cpu, cuda, cuda:N (e.g. cuda:0) or mps.")
+    return text
 
 
 def _size(value: object, what: str) -> tuple[int, int] | None:
@@ -156,7 +168,7 @@ class Setting:
 SETTINGS: tuple[Setting, ...] = (
     Setting("model", "tiny (embedded, default), sd15-random, a diffusers folder, or a cached hub id",
             "tiny", _text, metavar="MODEL"),
-    Setting("device", "auto (cuda if available, else cpu), cpu, cuda, cuda:N or mps", "auto", _text,
+    Setting("device", "auto (cuda if available, else cpu), cpu, cuda, cuda:N or mps", "auto", _device,
             metavar="DEVICE"),
     Setting("prompt", "the prompt every run draws (default: the model's own, else an astronaut riding a horse)",
             None, _prompt, metavar="TEXT"),

@@ -106,3 +106,11 @@ def test_a_read_only_folder_is_refused_at_start_up(tmp_path, monkeypatch):
     with pytest.raises(SdoptUsageError, match=r"--sdopt-json '.*out' is not writable here \('.*' is read-only to "
                                               r"this user\)\. Choose a folder you can write"):
         _check_writable(tmp_path / "out", "--sdopt-json")
+
+
+def test_an_unknown_device_is_a_usage_error_listing_the_valid_forms(pytester):
+    result = pytester.runpytest("-p", "pytest_sdopt", "--sdopt-device", "gpu")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*--sdopt-device 'gpu' is not a device: use auto, cpu, cuda, cuda:N (e.g. cuda:0) or mps."])
+    pytester.makeini("[pytest]\nsdopt_device = cuda:x\n")
+    assert pytester.runpytest("-p", "pytest_sdopt").ret == pytest.ExitCode.USAGE_ERROR

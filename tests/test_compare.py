@@ -144,3 +144,10 @@ def test_the_console_script_is_installed_and_exits_with_the_verdict(recorded):
     completed = subprocess.run([str(script), "compare", str(recorded), str(recorded)], capture_output=True, text=True)
     assert completed.returncode == 0, completed.stderr
     assert "no regression" in completed.stdout
+
+
+def test_the_help_shows_percentages_as_written(capsys):
+    with pytest.raises(SystemExit):
+        main(["compare", "--help"])
+    out = capsys.readouterr().out
+    assert "defaults its:5% vram:5% host:10% ssim:0.02" in out and "%%" not in out

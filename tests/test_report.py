@@ -124,3 +124,12 @@ def test_the_html_report_renders_in_a_real_headless_browser(html_report, tmp_pat
     red = (abs(pixels[..., 0] - 0xC6) < 8) & (abs(pixels[..., 1] - 0x28) < 8) & (abs(pixels[..., 2] - 0x28) < 8)
     assert red.sum() > 500
     assert len(np.unique(pixels.reshape(-1, 3), axis=0)) > 2000
+
+
+def test_the_results_json_gets_the_same_file_mode_as_the_html_report(run_sdopt, pytester):
+    run_sdopt("""
+        def test_one(sdopt):
+            sdopt.run("fp32")
+    """, "--sdopt-json", "out/results.json", "--sdopt-html", "out/report.html").assert_outcomes(passed=1)
+    modes = {name: (pytester.path / "out" / name).stat().st_mode & 0o777 for name in ("results.json", "report.html")}
+    assert modes["results.json"] == modes["report.html"], modes  # was 0600 (a temporary file's) beside 0644
