@@ -79,7 +79,9 @@ def test_inconclusive_is_in_the_json_the_html_and_the_junit_properties(run_sdopt
     assert properties["sdopt tome verdict"] == "pass (inconclusive: max_its_drop)"
 
 
-SELF = """
+# An inner conftest-like fixture that changes every decoded image in place while the variable is
+# set: `{variable}` names it, `{change}` is what is done to the decoded sample.
+DECODED_CHANGE = """
 import os
 
 import pytest
@@ -87,21 +89,23 @@ from diffusers import AutoencoderKL
 
 
 @pytest.fixture(autouse=True)
-def drift(monkeypatch):
-    # A small change to every decoded image: the stack still passes against fp32, but it is not the
-    # image it drew when it was recorded.
-    if not os.environ.get("SDOPT_DRIFT"):
+def changed_images(monkeypatch):
+    if not os.environ.get("{variable}"):
         return
     original = AutoencoderKL.decode
 
     def decode(self, *args, **kwargs):
         output = original(self, *args, **kwargs)
         sample = output[0] if isinstance(output, tuple) else output.sample
-        sample.add_(0.15 * sample.flip(-1))
+        {change}
         return output
 
     monkeypatch.setattr(AutoencoderKL, "decode", decode)
+"""
 
+# A small change to every decoded image: the stack still passes against fp32, but it is not the
+# image it drew when it was recorded.
+SELF = DECODED_CHANGE.format(variable="SDOPT_DRIFT", change="sample.add_(0.15 * sample.flip(-1))") + """
 
 @pytest.mark.parametrize("stack", ["fp32", "vae_tiling"])
 def test_stack(sdopt, stack):
@@ -122,28 +126,8 @@ def test_a_stack_drifting_from_its_own_image_fails_while_it_stays_within_its_tol
     assert "sdopt baselines written" not in result.stdout.str()
 
 
-UPDATE = """
-import os
-
-import pytest
-from diffusers import AutoencoderKL
-
-
-@pytest.fixture(autouse=True)
-def broken(monkeypatch):
-    # The code broken on purpose: every image comes out inverted.
-    if not os.environ.get("SDOPT_BROKEN"):
-        return
-    original = AutoencoderKL.decode
-
-    def decode(self, *args, **kwargs):
-        output = original(self, *args, **kwargs)
-        sample = output[0] if isinstance(output, tuple) else output.sample
-        sample.neg_()
-        return output
-
-    monkeypatch.setattr(AutoencoderKL, "decode", decode)
-
+# The code broken on purpose: every image comes out inverted.
+UPDATE = DECODED_CHANGE.format(variable="SDOPT_BROKEN", change="sample.neg_()") + """
 
 @pytest.mark.parametrize("stack", ["fp32", "bf16"])
 def test_x(sdopt, stack):
