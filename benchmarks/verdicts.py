@@ -3,7 +3,8 @@
 
 The speed gate `max_its_drop` says pass, FAIL or inconclusive (DESIGN.md section 5). Here it
 runs as a user who sets nothing would run it: no --sdopt-settle, no --sdopt-cpu-threads,
-3 measured runs, the default limit (25% on CPU), on the embedded model. Each session records
+so 3 measured runs on one CPU thread, a check re-measured for up to 30 s when it does not
+surely pass, the default limit (25% on CPU), on the embedded model. Each session records
 its own baseline in a fresh scratch project (`--sdopt-update-baselines`), then checks it in a
 second pytest session, so sessions are independent. Scenarios, `--sessions` of each, taken in
 turn (a, b, c, d, a, ...) so a slow spell of the machine falls on all of them alike:

@@ -219,7 +219,7 @@ class BaselineWrite:
             if self.disturbed:
                 text += (f": its speed was recorded on a disturbed machine (its runs disagree by "
                          f"±{min(self.speed_spread, 9.99):.0%}), so checks against it will be inconclusive; record "  # type: ignore[type-var]
-                         f"again on a quieter machine, with --sdopt-settle 60 or --sdopt-cpu-threads 1")
+                         f"again on a quieter machine, or with --sdopt-settle 60")
             return text
         if self.ssim_to_old is None:
             return f"{verb} {shown_path}"

@@ -82,34 +82,32 @@ def synchronize(device: Any) -> None:
         torch.mps.synchronize()
 
 
-def usable_cores() -> int:
-    """The cores this process may run on (its affinity, not the machine's count)."""
-    try:
-        return len(os.sched_getaffinity(0)) or 1
-    except (AttributeError, OSError):  # not Linux
-        return os.cpu_count() or 1
+# A CPU run's intra-op threads unless --sdopt-cpu-threads says otherwise. One, not torch's one per
+# core: a run with several threads waits at every parallel region for its slowest thread, so one
+# busy neighbour on any core slows all of it. Measured on this project's 2-core machine with one
+# core kept busy by another process (benchmarks/verdicts.py): with 2 threads the reference
+# workload ran 2.1-2.5x slower and machine-relative figures read 2-20% off, too far off for a 50%
+# slowdown to be told from the noise; with 1 thread the figures held and the slowdown was caught.
+# One thread is also every pytest-xdist worker's share on a machine with as many cores as workers,
+# so a figure does not depend on -n.
+DEFAULT_CPU_THREADS = 1
 
 
-def cpu_threads_for(requested: int | None, worker: tuple[int, int] | None) -> int | None:
-    """The intra-op threads of a CPU run: `requested` (--sdopt-cpu-threads) when set; under
-    pytest-xdist each worker's share of the cores (at least 1), so that N workers with the default
-    of one thread per core do not oversubscribe the machine (with -n 2 on 2 cores, 7 of 12 speed
-    checks read 34% slow); None otherwise: torch's own default."""
-    if requested is not None:
-        return requested
-    if worker is not None and worker[1] > 1:
-        return max(1, usable_cores() // worker[1])
-    return None
+def cpu_threads_for(requested: int | None) -> int:
+    """The intra-op threads of a CPU run: `requested` (--sdopt-cpu-threads) when set, else
+    DEFAULT_CPU_THREADS, with or without pytest-xdist (N workers of one thread each never
+    oversubscribe N cores)."""
+    return requested if requested is not None else DEFAULT_CPU_THREADS
 
 
 @contextmanager
 def intra_op_threads(device: Any, count: int | None) -> Iterator[None]:
     """torch's intra-op threads set to `count` for a CPU run, restored afterwards.
 
-    Why one thread can be steadier: on a shared 2-vCPU machine a 2-thread run waits at every
+    Why one thread is steadier: on a shared 2-vCPU machine a 2-thread run waits at every
     parallel region for the slower vCPU, so interference on either one slows it; one thread
     lets the kernel run it on whichever vCPU is free (measured on the CI machine: slow states
-    of +33% seen with 2 threads in interleaved calls, none with 1).
+    of +33% seen with 2 threads in interleaved calls, none with 1; see DEFAULT_CPU_THREADS).
     """
     if count is None or device.type != "cpu":
         yield

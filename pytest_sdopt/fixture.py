@@ -30,7 +30,7 @@ from pytest_sdopt.session import SdoptSession
 from pytest_sdopt.settings import (GATE_KEYWORDS, SCENARIO_KEYS, keyword_overrides, marker_overrides, resolve_gates,
                                    resolve_run)
 from pytest_sdopt.similarity import artifact_folder
-from pytest_sdopt.speed import SpeedFigure, Verdict, judge_speed, settle
+from pytest_sdopt.speed import CHECK_SETTLE_S, SpeedFigure, Verdict, judge_speed, settle
 from pytest_sdopt.summary import RunRecord
 
 
@@ -159,7 +159,7 @@ class Sdopt:
         return env
 
     def _run(self, plan: PlannedRun) -> Any:
-        with intra_op_threads(plan.device, cpu_threads_for(plan.measurement.cpu_threads, xdist_worker())):
+        with intra_op_threads(plan.device, cpu_threads_for(plan.measurement.cpu_threads)):
             return self._measure(plan)
 
     def _measure(self, plan: PlannedRun) -> Any:
@@ -202,20 +202,24 @@ class Sdopt:
         return result
 
     def _settle(self, runner: Any, plan: PlannedRun) -> None:
-        """--sdopt-settle: keep measuring while the speed figure is not yet trustworthy (see speed.py).
+        """Keep measuring while the speed figure is not yet trustworthy (see speed.py).
 
-        Recording (--sdopt-update-baselines): measure for twice the budget. Otherwise only when this
-        device has stored metrics and max_its_drop (as the marker, command line or ini set it) does
-        not surely pass: re-measure until it does, or the budget ends.
+        A check, when this device has stored metrics and max_its_drop (as the marker, command line or
+        ini set it) does not surely pass: re-measure until it does, or the budget ends (--sdopt-settle,
+        by default CHECK_SETTLE_S). A recording (--sdopt-update-baselines) only with --sdopt-settle
+        given: then for twice the budget.
         """
         budget = plan.measurement.settle_s
-        if budget <= 0 or runner.measuring_since is None:
+        if runner.measuring_since is None:
             return
         good_enough = None
         if not self._session.settings["update-baselines"]:
-            good_enough = self._surely_within_its_drop(plan, runner)
+            budget = CHECK_SETTLE_S if budget is None else budget
+            good_enough = self._surely_within_its_drop(plan, runner) if budget > 0 else None
             if good_enough is None:
                 return
+        if not budget:
+            return
         runner.settled = settle(lambda: runner.call(measured=True), budget, runner.measuring_since, good_enough)
 
     def _surely_within_its_drop(self, plan: PlannedRun, runner: Any) -> Any:

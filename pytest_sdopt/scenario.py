@@ -27,11 +27,11 @@ class Scenario:
 
 @dataclass(frozen=True)
 class Measurement:
-    """How many runs: unmeasured warm-ups first, then measured repeats, then (settle_s > 0) more
-    measured runs while settling the speed figure (see speed.py). `cpu_threads`: torch's intra-op
-    threads during a CPU run (None: torch's own default)."""
+    """How many runs: unmeasured warm-ups first, then measured repeats, then more measured runs
+    while settling the speed figure (see speed.py; `settle_s` None: the default, checks only).
+    `cpu_threads`: torch's intra-op threads during a CPU run (None: devices.DEFAULT_CPU_THREADS)."""
 
     repeats: int
     warmup: int
-    settle_s: float = 0.0
+    settle_s: float | None = None
     cpu_threads: int | None = None

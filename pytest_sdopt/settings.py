@@ -181,11 +181,11 @@ SETTINGS: tuple[Setting, ...] = (
             kind="measurement", metavar="N"),
     Setting("warmup", "unmeasured warm-up runs per stack (default 1)", 1, lambda v, w: parse_int(v, w, 0),
             kind="measurement", metavar="N"),
-    Setting("settle", "seconds of re-measuring on a noisy machine: a check that would fail max-its-drop re-measures "
-            "up to this long first; a recording measures twice this long and keeps the best run (default 0)",
-            0.0, lambda v, w: parse_float(v, w, 0.0), kind="measurement", metavar="SECONDS"),
-    Setting("cpu-threads", "intra-op threads of a CPU run (default: torch's own, one per core); 1 makes CPU timings "
-            "steadier on a shared machine, and stored figures are then kept apart from other thread counts",
+    Setting("settle", "seconds of re-measuring on a noisy machine: a check whose max-its-drop does not surely pass "
+            "re-measures up to this long first (default 30); given, a recording measures twice this long too",
+            None, lambda v, w: parse_float(v, w, 0.0), kind="measurement", metavar="SECONDS"),
+    Setting("cpu-threads", "intra-op threads of a CPU run (default 1: steadiest on a shared machine, and the same "
+            "under pytest-xdist); a speed stored with another count is not compared",
             None, lambda v, w: parse_int(v, w, 1), kind="measurement", metavar="N"),
     # gates: None means "not set here"; OFF means switched off at this layer
     Setting("max-vram", "gate: ceiling on the CUDA allocator's peak, e.g. 5.1GB (off by default)", None,

@@ -158,6 +158,29 @@ def test_settling_passes_a_slow_first_reading_and_confirms_a_lasting_slowdown(ru
                                  "*confirmed: * more runs over * s (--sdopt-settle)*"])
 
 
+def test_a_check_settles_by_default_and_a_recording_does_not(run_sdopt, pytester, fake_timing):
+    """Without --sdopt-settle: a recording keeps its measured runs; a check whose first readings do
+    not surely pass re-measures (up to CHECK_SETTLE_S) until they do, so a slow start is not a verdict."""
+    options = ("--sdopt-repeats", "2", "--sdopt-warmup", "1", "--sdopt-max-its-drop", "10%")
+    fake_timing(0.5, 0.004)
+    run_sdopt(SETTLED, "--sdopt-update-baselines", *options).assert_outcomes(passed=1)
+    entry = next(iter(json.loads(next(pytester.path.glob("baselines/tiny/*/fp32.json")).read_text())["metrics"].values()))
+    assert entry["repeats"] == 2  # not extended
+
+    fake_timing([5.0, 5.0, 0.5], 0.004)  # the first two measured calls ten times slower, then as recorded
+    result = run_sdopt(SETTLED, "--sdopt-json", "out.json", *options)
+    result.assert_outcomes(passed=1)
+    run = json.loads((pytester.path / "out.json").read_text())["runs"][0]
+    assert len(run["figures"]["call_s"]) == 8  # re-measured until an interval (8 runs over 10 s of steps) passed
+    drop = next(g for g in run["gates"] if g["gate"] == "max_its_drop")
+    assert drop["status"] == "pass" and "re-measured: 6 more runs" in drop["detail"]
+
+    # A first reading that surely passes is not re-measured at all.
+    fake_timing(0.5, 0.004)
+    run_sdopt(SETTLED, "--sdopt-json", "out.json", *options).assert_outcomes(passed=1)
+    assert len(json.loads((pytester.path / "out.json").read_text())["runs"][0]["figures"]["call_s"]) == 2
+
+
 def test_cpu_threads_are_set_for_a_cpu_run_and_restored_after_it():
     import torch
 
@@ -182,15 +205,11 @@ def test_the_thread_count_is_kept_with_the_figure_not_in_the_fingerprint():
     assert fingerprint({**env, "cpu_threads": "1"}) == fingerprint(env)  # memory is not split by threads
 
 
-def test_each_xdist_worker_gets_its_share_of_the_cores_unless_told_otherwise(monkeypatch):
+def test_a_cpu_run_uses_one_thread_unless_told_otherwise():
     from pytest_sdopt import devices
 
-    monkeypatch.setattr(devices, "usable_cores", lambda: 8)
-    assert devices.cpu_threads_for(None, None) is None  # no xdist: torch's own default
-    assert devices.cpu_threads_for(None, (0, 1)) is None
-    assert devices.cpu_threads_for(None, (1, 2)) == 4
-    assert devices.cpu_threads_for(None, (3, 16)) == 1  # at least one
-    assert devices.cpu_threads_for(2, (1, 4)) == 2  # --sdopt-cpu-threads wins
+    assert devices.cpu_threads_for(None) == devices.DEFAULT_CPU_THREADS == 1
+    assert devices.cpu_threads_for(2) == 2  # --sdopt-cpu-threads wins
 
 
 THREADS = """
