@@ -37,12 +37,18 @@ METRIC_FIELDS = ("its", "total_s", "peak_vram_bytes", "peak_vram_reserved_bytes"
 _UNSAFE = re.compile(r"[^A-Za-z0-9._+=-]")
 
 
-def model_key(model: str) -> str:
-    """A folder name for a model: hub ids keep org and name (`org--name`), folders their own name."""
+def model_label(model: str) -> str:
+    """How stored files name a model: a folder by its own name (not a path that differs per machine),
+    anything else as given."""
     path = Path(model).expanduser()
     if model not in ("tiny", "sd15-random") and path.exists():
-        model = path.resolve().name
-    return _UNSAFE.sub("_", model.replace("/", "--"))
+        return path.resolve().name
+    return model
+
+
+def model_key(model: str) -> str:
+    """A folder name for a model: hub ids keep org and name (`org--name`), folders their own name."""
+    return _UNSAFE.sub("_", model_label(model).replace("/", "--"))
 
 
 def scenario_key(scenario: Scenario) -> str:
@@ -142,11 +148,24 @@ class BaselineStore:
                tolerance: float | None = None) -> list["BaselineWrite"]:
         """Store the run's image and/or its metrics under its device's fingerprint. Returns what was
         written, with the SSIM of a replaced image to the old one (`tolerance`: the stack's own
-        min_ssim, below which a replacement is flagged)."""
+        min_ssim, below which a replacement is flagged). A folder that cannot be written is a
+        BaselineError naming it, not the temporary file's traceback."""
+        folder = self.folder(result.scenario)
+        try:
+            return self._record(result, folder, image, metrics, tolerance)
+        except PermissionError as exc:
+            where = Path(exc.filename).parent if exc.filename else folder
+            raise BaselineError(f"cannot write baselines into {str(where)!r}: permission denied. Make that folder "
+                                f"writable (it may have been checked out or copied read-only), or point "
+                                f"--sdopt-baseline-dir at a writable copy.") from None
+        except OSError as exc:
+            raise BaselineError(f"cannot write baselines into {str(folder)!r}: {exc.strerror or exc}.") from None
+
+    def _record(self, result: Any, folder: Path, image: bool, metrics: bool,
+                tolerance: float | None) -> list["BaselineWrite"]:
         from filelock import FileLock
 
         scenario = result.scenario
-        folder = self.folder(scenario)
         folder.mkdir(parents=True, exist_ok=True)
         writes = []
         _atomic_write(folder / "scenario.json", _json_bytes(_scenario_document(scenario)))
@@ -172,7 +191,7 @@ class BaselineStore:
                 key = fingerprint(result.env)
                 replaced = key in every
                 every[key] = _metrics_entry(result)
-                document = {"schema": SCHEMA, "stack": result.stack, "model": scenario.model,
+                document = {"schema": SCHEMA, "stack": result.stack, "model": model_label(scenario.model),
                             "metrics": dict(sorted(every.items()))}
                 _atomic_write(self.metrics_path(scenario, result.stack), _json_bytes(document))
             speed = result.speed
@@ -245,7 +264,7 @@ class BaselineError(SdoptUsageError):
 
 
 def _scenario_document(scenario: Scenario) -> dict[str, Any]:
-    return {"schema": SCHEMA, "model": scenario.model, "size": list(scenario.size) if scenario.size else None,
+    return {"schema": SCHEMA, "model": model_label(scenario.model), "size": list(scenario.size) if scenario.size else None,
             "steps": scenario.steps, "seed": scenario.seed, "guidance": scenario.guidance, "prompt": scenario.prompt}
 
 

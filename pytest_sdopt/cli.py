@@ -64,10 +64,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"comparison page: {args.html}")
     if undecided:
         print(f"{len(undecided)} of {len(rows)} stacks inconclusive{' (--strict: a failure)' if args.strict else ''}: "
-              + "; ".join(f"{row.stack} ({row.nodeid}): {', '.join(row.inconclusive)}" for row in undecided))
+              + "; ".join(f"{row.name} ({row.nodeid}): {', '.join(row.inconclusive)}" for row in undecided))
     if regressed:
         print(f"{len(regressed)} of {len(rows)} stacks regressed: " + "; ".join(
-            f"{row.stack} ({row.nodeid}): {', '.join(row.regressions or row.inconclusive)}" for row in regressed))
+            f"{row.name} ({row.nodeid}): {', '.join(row.regressions or row.inconclusive)}" for row in regressed))
         return EXIT_REGRESSION
     print(f"no regression in {len(rows)} stacks (thresholds: "
           + ", ".join(f"{k}:{v:.0%}" if k != "ssim" else f"{k}:{v:g}" for k, v in thresholds.items()) + ")")

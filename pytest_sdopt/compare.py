@@ -16,6 +16,7 @@ from typing import Any
 
 from pytest_sdopt.gates import HOST_NOISE_BYTES
 from pytest_sdopt.parsing import format_bytes
+from pytest_sdopt.summary import run_label
 
 DEFAULT_THRESHOLDS = {"its": 0.05, "vram": 0.05, "host": 0.10, "ssim": 0.02}
 SCENARIO_FIELDS = ("model", "prompt", "seed", "size", "steps", "guidance")  # not the device
@@ -36,10 +37,18 @@ class StackComparison:
     notes: list[str] = field(default_factory=list)
     inconclusive: list[str] = field(default_factory=list)  # what the noise could not decide
     its_change: str = "-"  # the speed change as compared, with its noise: "-16.9% ± 20.1%"
+    run: int = 1  # which run of this stack in its test (see summary.RunRecord.run)
+
+    @property
+    def name(self) -> str:
+        """The stack, and the run where the test ran that stack more than once: "fp32 #2"."""
+        return self.stack if self.run == 1 else f"{self.stack} #{self.run}"
 
 
-def _key(entry: dict[str, Any]) -> tuple[str, str]:
-    return entry["nodeid"], entry["stack"]
+def _key(entry: dict[str, Any]) -> tuple[str, str, int]:
+    """A run's identity: its test, its stack, and which run of that stack in the test (files written
+    before the run number existed hold one run per test and stack: 1)."""
+    return entry["nodeid"], entry["stack"], entry.get("run") or 1
 
 
 def _scenario(entry: dict[str, Any]) -> dict[str, Any] | None:
@@ -57,16 +66,17 @@ def compare_results(old: dict[str, Any], new: dict[str, Any], thresholds: dict[s
     for key in old_runs.keys() & new_runs.keys():
         before, after = _scenario(old_runs[key]), _scenario(new_runs[key])
         if before is not None and after is not None and before != after:
-            raise ComparisonError(f"different scenarios compared: {key[1]} ({key[0]}) ran on {_describe(before)} "
+            which = key[1] if key[2] == 1 else f"{key[1]} (run {key[2]})"
+            raise ComparisonError(f"different scenarios compared: {which} ({key[0]}) ran on {_describe(before)} "
                                   f"in OLD but on {_describe(after)} in NEW. Record both sides with the same "
                                   f"model, size, steps, seed, prompt and guidance.")
     keys = list(dict.fromkeys([*old_runs, *new_runs]))
     return [_compare_one(key, old_runs.get(key), new_runs.get(key), thresholds) for key in keys]
 
 
-def _compare_one(key: tuple[str, str], old: dict[str, Any] | None, new: dict[str, Any] | None,
+def _compare_one(key: tuple[str, str, int], old: dict[str, Any] | None, new: dict[str, Any] | None,
                  thresholds: dict[str, float]) -> StackComparison:
-    row = StackComparison(key[0], key[1], old, new)
+    row = StackComparison(key[0], key[1], old, new, run=key[2])
     if new is None:
         row.regressions.append("missing in NEW")
         return row
@@ -161,7 +171,8 @@ def comparison_rows(rows: list[StackComparison]) -> tuple[list[str], list[list[s
                 return "-", None
             return (f"{value:.2f}" if kind == "its" else format_bytes(value)), value
 
-        cells = [(row.new or row.old or {}).get("test", row.nodeid), row.stack]
+        entry = row.new or row.old or {}
+        cells = [run_label(entry) if "test" in entry else row.nodeid, row.stack]
         for name, kind in (("its", "its"), ("peak_vram_bytes", "bytes"), ("peak_host_bytes", "bytes")):
             (old_text, old_value), (new_text, new_value) = figure(row.old, name, kind), figure(row.new, name, kind)
             change = row.its_change if name == "its" and row.its_change != "-" else _change(old_value, new_value)

@@ -30,14 +30,14 @@ def cpu_model() -> str:
 
 def gpu_driver_version() -> str | None:
     """The NVIDIA driver version through NVML, when nvidia-ml-py and a driver are present."""
-    from pytest_sdopt.memory import open_nvml
+    from pytest_sdopt.memory import nvml_error, open_nvml
 
     nvml = open_nvml()
     if nvml is None:
         return None
     try:
         version = nvml.nvmlSystemGetDriverVersion()
-    except Exception:  # NVML raises its own error types
+    except nvml_error(nvml):  # NVML's own error types: no version to report
         return None
     return version.decode() if isinstance(version, bytes) else str(version)
 

@@ -54,6 +54,8 @@ class Sdopt:
         self._request = request  # the fixture request, to fetch pytest-benchmark's fixture under --sdopt-benchmark
         self._in_matrix = in_matrix
         self._order = _collection_index(node)
+        self._runs_of: dict[str, int] = {}  # stack -> runs of it so far in this test (run identity)
+        self._run_of_result: dict[int, int] = {}  # id(RunResult) -> its run number, for its artifacts
         self.results: list[Any] = []  # RunResults of this test, in order
         self._checked: list[Any] = []  # the RunResults sdopt.check() has seen
         self._handed_out: list[weakref.ref] = []  # what sdopt.pipeline() returned, to release at close
@@ -192,11 +194,13 @@ class Sdopt:
         if out_of_memory is not None:
             self._session.record(RunRecord(self._node.nodeid, self._node.name, plan.stack.name,
                                            in_matrix=self._in_matrix, order=self._order,
-                                           error=f"out of memory ({out_of_memory})"))
+                                           error=f"out of memory ({out_of_memory})", run=self._next_run(plan.stack.name)))
             raise RunOutOfMemory(out_of_memory_message(plan, peaks, out_of_memory))
+        run = self._next_run(result.stack)
+        self._run_of_result[id(result)] = run
         self._session.record(RunRecord(self._node.nodeid, self._node.name, result.stack,
                                        reference=self._session.settings["reference"], result=result,
-                                       in_matrix=self._in_matrix, order=self._order))
+                                       in_matrix=self._in_matrix, order=self._order, run=run))
         self._properties(result.stack, {"it/s": f"{result.its:.3f}", "peak VRAM bytes": result.peak_vram_bytes,
                                         "peak host bytes": result.peak_host_bytes})
         return result
@@ -266,7 +270,8 @@ class Sdopt:
         return CheckContext(
             store=self._session.store,
             update=self._session.settings["update-baselines"],
-            artifact_folder=artifact_folder(self._session.results_dir, self._node.nodeid, result.stack),
+            artifact_folder=artifact_folder(self._session.results_dir, self._node.nodeid, result.stack,
+                                            self._run_of_result.get(id(result), 1)),
             update_command=update_command(config.invocation_params.args, config.args, select),
             record=self._record,
             record_reference=lambda reference, only_missing: self._record_reference(reference, result.scenario,
@@ -289,6 +294,12 @@ class Sdopt:
         stack = parse_stack(reference)
         self._record(result, image=image, metrics=metrics, tolerance=stack.default_min_self_ssim or stack.default_min_ssim)
 
+    def _next_run(self, stack: str) -> int:
+        """The number of this run of `stack` in this test (1 for the first): two runs of one stack in
+        one test (other seeds, sizes) keep their own images, artifacts and rows in `sdopt compare`."""
+        self._runs_of[stack] = self._runs_of.get(stack, 0) + 1
+        return self._runs_of[stack]
+
     def _record(self, result: Any, image: bool = True, metrics: bool = True, tolerance: float | None = None) -> None:
         if image or metrics:
             self._session.writes.extend(self._session.store.record(result, image, metrics, tolerance))
@@ -301,17 +312,26 @@ class Sdopt:
 
     @contextmanager
     def _outcomes(self, stack: object) -> Iterator[None]:
+        # The failure is raised `from None`: it would otherwise carry the error as its context (even
+        # after the except block, since a context manager's exit runs while the error is in flight),
+        # and pytest would print it twice ("During handling of the above exception, ...").
+        failure = skipped = None
         try:
             yield
         except (SdoptUsageError, StackApplyError, RunOutOfMemory) as exc:
-            pytest.fail(f"sdopt: {exc}", pytrace=False)
+            failure = f"sdopt: {exc}"
         except StackUnsupported as exc:
-            message = f"sdopt: stack {str(stack)!r} cannot run here: {exc}"
+            skipped = f"sdopt: stack {str(stack)!r} cannot run here: {exc}"
             if self._session.settings["strict"]:
-                pytest.fail(f"{message} (--sdopt-strict makes this a failure)", pytrace=False)
-            self._session.record(RunRecord(self._node.nodeid, self._node.name, str(stack), skipped=str(exc),
-                                           in_matrix=self._in_matrix, order=self._order))
-            skip_at_test(message)
+                failure = f"{skipped} (--sdopt-strict makes this a failure)"
+            else:
+                self._session.record(RunRecord(self._node.nodeid, self._node.name, str(stack), skipped=str(exc),
+                                               in_matrix=self._in_matrix, order=self._order,
+                                               run=self._next_run(str(stack))))
+        if failure is not None:
+            raise pytest.fail.Exception(failure, pytrace=False) from None
+        if skipped is not None:
+            skip_at_test(skipped)
 
 
 def verdict_text(checked: CheckedRun) -> str:

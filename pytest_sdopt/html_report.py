@@ -12,6 +12,7 @@ import io
 from pathlib import Path
 from typing import Any, Iterable
 
+from pytest_sdopt.similarity import run_suffix
 from pytest_sdopt.summary import table_rows, verdict
 
 STYLE = """
@@ -102,7 +103,7 @@ def session_page(entries: Iterable[dict[str, Any]], version: str) -> str:
     summary = table(header, rows, [entry["outcome"] for entry in entries])
     sections = []
     for entry in entries:
-        outcome = entry["outcome"]
+        outcome, run = entry["outcome"], entry.get("run") or 1
         figures = entry["figures"] or {}
         facts = []
         if figures:
@@ -118,9 +119,9 @@ def session_page(entries: Iterable[dict[str, Any]], version: str) -> str:
         images = image_triptych(entry["reference_image"], entry["image"], f"reference: {entry['reference']}",
                                 f"actual: {entry['stack']}")
         sections.append(
-            f'<section class="{outcome}" id="run-{entry["order"]}-{html.escape(entry["stack"])}">'
+            f'<section class="{outcome}" id="run-{entry["order"]}-{html.escape(entry["stack"])}{run_suffix(run)}">'
             f'<h2><span class="badge {outcome}">{html.escape(outcome)}</span> {html.escape(entry["stack"])} '
-            f'<small>{html.escape(entry["nodeid"])}</small></h2>'
+            f'<small>{html.escape(entry["nodeid"])}{f" (run {run} of this stack)" if run > 1 else ""}</small></h2>'
             f'<div>{html.escape(" · ".join(facts) or verdict(entry))}</div>'
             f'{f"<ul class=gates>{gates}</ul>" if gates else ""}{images}</section>')
     counts = {name: sum(1 for e in entries if e["outcome"] == name) for name in _RANK}

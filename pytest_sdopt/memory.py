@@ -152,7 +152,7 @@ class NvmlProcessTracker:
     def _used(self) -> int:
         try:
             processes = self._nvml.nvmlDeviceGetComputeRunningProcesses(self._handle)
-        except Exception:  # a transient NVML error must not end the run
+        except nvml_error(self._nvml):  # a transient NVML error must not end the run; a bug here still shows
             return 0
         return sum(int(p.usedGpuMemory or 0) for p in processes if p.pid == self._pid)
 
@@ -175,9 +175,14 @@ def open_nvml() -> Any | None:
         return None
     try:
         pynvml.nvmlInit()
-    except Exception:  # NVMLError_LibraryNotFound / DriverNotLoaded: no NVIDIA driver here
+    except pynvml.NVMLError:  # NVMLError_LibraryNotFound / DriverNotLoaded: no NVIDIA driver here
         return None
     return pynvml
+
+
+def nvml_error(nvml: Any) -> Any:
+    """The error type NVML raises (every NVMLError_* derives from it); nothing for a stand-in without one."""
+    return getattr(nvml, "NVMLError", ())
 
 
 def nvml_handle(nvml: Any, device_index: int, properties: Any) -> Any:
@@ -191,7 +196,7 @@ def nvml_handle(nvml: Any, device_index: int, properties: Any) -> Any:
         location = f"{getattr(properties, 'pci_domain_id', 0):08X}:{bus:02X}:{properties.pci_device_id:02X}.0"
         try:
             return nvml.nvmlDeviceGetHandleByPciBusId(location)
-        except Exception:  # an NVML that cannot resolve it: fall back to the index
+        except nvml_error(nvml):  # an NVML that cannot resolve it: fall back to the index
             pass
     return nvml.nvmlDeviceGetHandleByIndex(device_index)
 

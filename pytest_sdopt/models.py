@@ -73,6 +73,29 @@ class ModelSource:
         return _load_folder(self.folder, self.name)
 
 
+NAMED_MODELS = ("tiny", "sd15-random")
+
+
+def looks_like_path(spec: str) -> bool:
+    """A model name that can only be a folder: absolute, ./ ../ ~, a backslash, or more than org/name."""
+    return spec.startswith(("/", ".", "~")) or "\\" in spec or not _HUB_ID.match(spec)
+
+
+def anchor_model_path(text: str, base: Path) -> str:
+    """A relative folder name taken from `base`, as the other path settings are: the ini file's folder
+    for an ini value, the rootdir for a marker or keyword, the invocation folder on the command line.
+    Named models and absolute paths stay as they are; so does an `org/name` that is no folder under
+    `base` (it may be a hub id)."""
+    spec = text.strip()
+    path = Path(spec).expanduser()
+    if spec in NAMED_MODELS or path.is_absolute():
+        return spec
+    anchored = Path(base) / path
+    if anchored.exists() or looks_like_path(spec):
+        return str(anchored.resolve())
+    return spec
+
+
 def resolve_model(text: str, cache: Path | None = None) -> ModelSource:
     """Check a model name and say where it comes from; torch-free, so it runs at configure time.
 
@@ -90,28 +113,38 @@ def resolve_model(text: str, cache: Path | None = None) -> ModelSource:
     path = Path(spec).expanduser()
     if path.exists():
         return ModelSource(spec, "folder", _checked_folder(path, spec), _folder_default_size(path))
-    if spec.startswith(("/", ".", "~")) or "\\" in spec or not _HUB_ID.match(spec):
+    if looks_like_path(spec):
         raise SdoptUsageError(
-            f"model {spec!r} is neither 'tiny' (embedded), 'sd15-random', an existing diffusers folder, "
-            f"nor a hub id such as 'org/name' (no folder exists at {str(path.absolute())!r})."
+            f"model folder {str(path.absolute())!r} does not exist (no such folder). A relative folder is taken from "
+            f"the ini file's folder for an ini value, the rootdir for a marker or keyword, and the current folder "
+            f"on the command line. (Other models: 'tiny', embedded; 'sd15-random'; a cached hub id 'org/name'.)"
         )
-    folder = _cached_snapshot(spec)
+    folder = _cached_snapshot(spec, str(path.absolute()))
     return ModelSource(spec, "hub", _checked_folder(folder, spec), _folder_default_size(folder))
 
 
-def _cached_snapshot(repo_id: str) -> Path:
-    """The hub id's snapshot in the local cache; pytest-sdopt never downloads."""
+def _cached_snapshot(repo_id: str, as_folder: str) -> Path:
+    """The hub id's snapshot in the local cache; pytest-sdopt never downloads. `as_folder`: where the
+    name was looked for as a folder first (an org/name can be either)."""
     from huggingface_hub import snapshot_download
     from huggingface_hub.constants import HF_HUB_CACHE
+    from huggingface_hub.errors import LocalEntryNotFoundError
 
     try:
         return Path(snapshot_download(repo_id, local_files_only=True))
-    except Exception:  # LocalEntryNotFoundError and friends: not cached
+    except LocalEntryNotFoundError:  # not cached; anything else (a permission error, a corrupt cache) says itself
         raise SdoptUsageError(
-            f"model {repo_id!r} is not in the local Hugging Face cache ({HF_HUB_CACHE}), and pytest-sdopt "
-            f"never downloads. Fetch it once where there is network (`hf download {repo_id}`), point HF_HOME "
-            f"or HF_HUB_CACHE at a cache that has it, or pass a local diffusers folder."
+            f"model {repo_id!r} is no folder (none at {as_folder!r}) and, as a hub id, not in the local Hugging "
+            f"Face cache ({HF_HUB_CACHE}); pytest-sdopt never downloads. Fetch it once where there is network "
+            f"(`hf download {repo_id}`), point HF_HOME or HF_HUB_CACHE at a cache that has it, or pass a local "
+            f"diffusers folder."
         ) from None
+    except ValueError as exc:  # huggingface_hub's HFValidationError: not a form the hub accepts
+        raise SdoptUsageError(f"model {repo_id!r} is no folder (none at {as_folder!r}) and not a valid hub id: "
+                              f"{exc}") from None
+    except OSError as exc:  # the cache is there but cannot be read: that, not a missing model, is the fix
+        raise SdoptUsageError(f"model {repo_id!r}: the Hugging Face cache ({HF_HUB_CACHE}) could not be read: "
+                              f"{exc}") from None
 
 
 def _checked_folder(path: Path, name: str) -> Path:

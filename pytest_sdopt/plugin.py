@@ -74,6 +74,21 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
         from pytest_sdopt.matrix import matrix_items
 
         items.extend(matrix_items(session, sdopt_session(config)))
+    _warn_misspelled_markers(config, items)
+
+
+def _warn_misspelled_markers(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """`@pytest.mark.sdpot(max_vram=...)` is a mark pytest knows nothing of: say which one was meant."""
+    from pytest_sdopt.errors import SdoptWarning
+    from pytest_sdopt.settings import misspelled_marker
+
+    registered = [line.split(":")[0].split("(")[0].strip() for line in config.getini("markers")]
+    for item in items:
+        name = misspelled_marker((mark.name for mark in item.iter_markers()), registered)
+        if name is not None:
+            item.warn(SdoptWarning(f"@pytest.mark.{name} is not @pytest.mark.sdopt: its keywords are ignored, so no "
+                                   f"gate or setting of it applies to this test. Did you mean @pytest.mark.sdopt? "
+                                   f"(--strict-markers makes an unknown mark an error)"))
 
 
 @pytest.hookimpl(optionalhook=True)  # a pytest-xdist hook: absent without xdist, and that is fine

@@ -16,6 +16,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable
 
+from pytest_sdopt.similarity import run_suffix
+
 SCHEMA_VERSION = 2  # 2: the inconclusive verdict, run_host_bytes, the speed figure's intervals
 READABLE_VERSIONS = (1, 2)  # `sdopt compare` still reads files written before
 SCHEMA_FILE = Path(__file__).resolve().parent / "results.schema.json"
@@ -48,6 +50,7 @@ def run_entry(record: Any, images_dir: Path | None = None, reference_image: Path
         "reference": record.reference,
         "in_matrix": record.in_matrix,
         "order": record.order,
+        "run": record.run,
         "outcome": outcome_of(record),
         "skip_reason": record.skipped,
         "note": record.error or record.note,
@@ -76,7 +79,7 @@ def run_entry(record: Any, images_dir: Path | None = None, reference_image: Path
                            "detail": o.detail, "value": o.value, "artifacts": dict(o.artifacts)}
                           for o in record.checked.outcomes]
     if images_dir is not None:
-        path = Path(images_dir) / f"{record.order:04d}-{_safe(record.stack)}.png"
+        path = Path(images_dir) / f"{record.order:04d}-{_safe(record.stack)}{run_suffix(record.run)}.png"
         path.parent.mkdir(parents=True, exist_ok=True)
         result.image.save(path, format="PNG")
         entry["image"] = str(path)
@@ -90,7 +93,7 @@ def _safe(text: str) -> str:
 
 
 def results_document(entries: Iterable[dict[str, Any]], version: str) -> dict[str, Any]:
-    runs = sorted(entries, key=lambda entry: (entry["order"], entry["nodeid"], entry["stack"]))
+    runs = sorted(entries, key=lambda entry: (entry["order"], entry["nodeid"], entry["stack"], entry.get("run", 1)))
     return {"schema_version": SCHEMA_VERSION, "tool": "pytest-sdopt", "tool_version": version,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "runs": runs}
 

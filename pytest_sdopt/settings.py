@@ -11,7 +11,7 @@ session of a repo that has the plugin installed, sdopt tests or not (benchmarks/
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
 
@@ -273,7 +273,12 @@ class SessionSettings:
             value = setting.parse(raw, source)
             given.add(setting.name)
             values[setting.name] = (Path(base) / Path(value).expanduser()).resolve() if setting.is_path else value
+            if setting.name == "model":  # a folder, or a name: anchored like the paths when it is a folder
+                from pytest_sdopt.models import anchor_model_path
+
+                values["model"] = anchor_model_path(value, Path(base))
         root = Path(config.rootpath)
+        values["rootdir"] = root  # what a relative model folder in a marker or keyword is taken from
         values["baseline-dir"] = values["baseline-dir"] or root / "baselines"
         values["results-dir"] = values["results-dir"] or root / ".sdopt"
         # Folders the user named are checked now; defaults only when used (a read-only checkout
@@ -305,6 +310,18 @@ def _check_writable(folder: Path, what: str) -> None:
     if not os.access(existing, os.W_OK | os.X_OK):
         raise SdoptUsageError(f"{what} {str(folder)!r} is not writable here ({str(existing)!r} is read-only to this "
                               f"user). Choose a folder you can write, e.g. under the repository.")
+
+
+def misspelled_marker(names: Iterable[str], registered: Iterable[str]) -> str | None:
+    """The first unregistered marker name that looks like a misspelt `sdopt` (`sdpot`, `sdop`, `sd_opt`):
+    pytest ignores such a marker's keywords, so its ceilings would silently not apply."""
+    import difflib
+
+    known = set(registered) | {"sdopt"}
+    for name in names:
+        if name not in known and difflib.get_close_matches(name.lower().replace("_", ""), ["sdopt"], n=1, cutoff=0.78):
+            return name
+    return None
 
 
 def marker_overrides(markers: Iterable[Any]) -> dict[str, Any]:
@@ -341,6 +358,10 @@ def resolve_run(session: SessionSettings, marker: Mapping[str, Any],
         return _layered(name, session, marker, keywords)
 
     scenario = Scenario(**{name: pick(name) for name in SCENARIO_KEYS})
+    if ("model" in keywords or "model" in marker) and session.values.get("rootdir") is not None:
+        from pytest_sdopt.models import anchor_model_path
+
+        scenario = replace(scenario, model=anchor_model_path(scenario.model, session.values["rootdir"]))
     return scenario, Measurement(repeats=pick("repeats"), warmup=pick("warmup"), settle_s=pick("settle"),
                                  cpu_threads=pick("cpu_threads"))
 

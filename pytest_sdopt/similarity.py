@@ -74,9 +74,15 @@ def write_artifacts(folder: Path, actual: Any, baseline: Any, similarity: Simila
     return tuple(written)
 
 
-def artifact_folder(results_dir: Path, nodeid: str, stack: str) -> Path:
-    """`<results dir>/<test>/<stack>/`: a test's artifacts are found by its name."""
+def artifact_folder(results_dir: Path, nodeid: str, stack: str, run: int = 1) -> Path:
+    """`<results dir>/<test>/<stack>/`: a test's artifacts are found by its name; a later run of the
+    same stack in that test (`run` > 1) gets `<stack>.run<N>/`, so it never overwrites the first's."""
     def safe(text: str) -> str:
         return re.sub(r"[^A-Za-z0-9._+=\[\],-]", "_", text)[:150]
 
-    return Path(results_dir) / safe(nodeid.replace("::", "--")) / safe(stack.replace(":", "-"))
+    return Path(results_dir) / safe(nodeid.replace("::", "--")) / (safe(stack.replace(":", "-")) + run_suffix(run))
+
+
+def run_suffix(run: int) -> str:
+    """What a later run of a stack in the same test adds to its file names ("" for the first)."""
+    return "" if run == 1 else f".run{run}"

@@ -148,6 +148,11 @@ SESSION_SPREAD = 0.015
 # relative figures read 2-20% off (a quarter of the log move or less); on a machine loaded past
 # its cores the reference moved 50-80x and the figures were off 10-40x, which half the move
 # (a factor of e^2 at 50x) still leaves inconclusive.
+# A FAIL needs this many runs on each side. One run has no spread to show that it was disturbed: a
+# single no-warm-up call of a process starved by others read 1.30 it/s where the same code read
+# 60.74, while the reference workload timed beside it ran at full speed, a -96.9% "regression".
+# The median of two or more runs is not moved by one such call.
+MIN_RUNS_TO_FAIL = 2
 MACHINE_MOVE_TRUSTED = math.log(1.25)
 MACHINE_MOVE_WEIGHT = 0.25
 MACHINE_MOVE_BEYOND = 0.5
@@ -296,6 +301,14 @@ def judge_speed(now: SpeedFigure, before: SpeedFigure, limit: float) -> SpeedJud
     else:
         verdict = Verdict.INCONCLUSIVE
     why = remedy = ""
+    single = next(((which, figure) for which, figure in (("this run's", now), ("the stored figure's", before))
+                   if figure.runs < MIN_RUNS_TO_FAIL), None)
+    if verdict is Verdict.FAIL and single is not None:
+        which, figure = single
+        return SpeedJudgement(Verdict.INCONCLUSIVE, 1 - ratio, drop_low, drop_high, relative, moved,
+                              why=f"{which} figure rests on {figure.runs} run, and one run cannot tell a slower code "
+                                  f"from a moment the machine was taken from it",
+                              remedy=f"--sdopt-repeats 3 or more{' (and record again)' if figure is before else ''}")
     if verdict is Verdict.INCONCLUSIVE:
         why, remedy = _what_kept_it_open(now, before, spreads, from_machine, moved, limit)
     return SpeedJudgement(verdict, 1 - ratio, drop_low, drop_high, relative, moved, why, remedy)

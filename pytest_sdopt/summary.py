@@ -31,6 +31,13 @@ class RunRecord:
     note: str | None = None  # why a run was made that no test checks (the reference, recorded)
     order: int = 0  # the test's place in the session's collection
     error: str | None = None  # the run itself failed (out of memory): no figures, a failed outcome
+    run: int = 1  # the n-th run of this stack in this test: with nodeid and stack, the run's identity
+
+
+def run_label(entry: dict[str, Any]) -> str:
+    """The test's name as tables show it, with `#n` for a later run of the same stack in that test."""
+    run = entry.get("run") or 1
+    return entry["test"] if run == 1 else f"{entry['test']} #{run}"
 
 
 def verdict(entry: dict[str, Any]) -> str:
@@ -103,7 +110,7 @@ def table_rows(entries: Iterable[dict[str, Any]]) -> tuple[list[str], list[list[
                                                  "peak host", "run host", "vs ref", "SSIM", "verdict"]
     rows = []
     for entry in entries:
-        cells = [entry["test"]] if show_test else []
+        cells = [run_label(entry)] if show_test else []
         figures = entry["figures"]
         if figures is None:
             cells += [entry["stack"], "", "", "", "", "", "", "", "", "", verdict(entry)]

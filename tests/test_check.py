@@ -127,16 +127,23 @@ def test_a_stored_speed_figure_catches_an_unmistakable_slowdown(run_sdopt, pytes
         def test_speed(sdopt):
             sdopt.check(sdopt.run("fp32"))
     """
+    runs = ("--sdopt-repeats", "2")  # a FAIL needs two runs on each side
     fake_timing(0.01, 0.004)
-    run_sdopt(source, "--sdopt-update-baselines").assert_outcomes(passed=1)
+    run_sdopt(source, "--sdopt-update-baselines", *runs).assert_outcomes(passed=1)
     fake_timing(1.0, 0.004)
     # No settling: a check that does not pass would otherwise re-measure for 30 s before its verdict.
-    result = run_sdopt(source, "--sdopt-max-its-drop", "50%", "--sdopt-settle", "0")
+    result = run_sdopt(source, "--sdopt-max-its-drop", "50%", "--sdopt-settle", "0", *runs)
     result.assert_outcomes(failed=1)
-    result.stdout.fnmatch_lines(["*FAIL  max_its_drop        measured 1.00 it/s (1 run); relative to the machine's speed, "
-                                 "-99.0% ± *% vs stored (1 run), limit <= 50% slower than stored"])
+    result.stdout.fnmatch_lines(["*FAIL  max_its_drop        measured 1.00 it/s (best of 2 runs); relative to the "
+                                 "machine's speed, -99.0% ± *% vs stored (median of 2 runs), limit <= 50% slower than stored"])
+    # One run on a side is not enough to fail, however slow it reads: it may be the moment the machine was taken.
+    one = run_sdopt(source, "--sdopt-max-its-drop", "50%", "--sdopt-settle", "0", "--sdopt-repeats", "1")
+    one.assert_outcomes(passed=1)
+    one.stdout.fnmatch_lines(["*INCONCLUSIVE  max_its_drop*-99.0%*", "*inconclusive: this run's figure rests on 1 run, "
+                              "and one run cannot tell a slower code from a moment the machine was taken from it; "
+                              "to settle it: --sdopt-repeats 3 or more*"])
     # Switched off, the same run passes: the failure came from the stored figure alone.
-    run_sdopt(source).assert_outcomes(passed=1)
+    run_sdopt(source, *runs).assert_outcomes(passed=1)
 
 
 def test_a_stored_memory_figure_catches_growth(run_sdopt, pytester):

@@ -139,3 +139,24 @@ def test_nvml_finds_the_cuda_device_by_pci_bus_id_not_by_index():
     pinned = SimpleNamespace(pci_domain_id=0, pci_bus_id=0x3B, pci_device_id=0)
     assert nvml_handle(nvml, 0, pinned) == "nvml:00000000:3B:00.0"
     assert nvml_handle(nvml, 0, SimpleNamespace()) == "nvml#0"  # a torch without PCI fields: the index
+
+
+def test_nvml_errors_are_contained_and_other_errors_are_not():
+    """Only NVML's own errors mean "no reading now"; anything else (a bug, a permission problem) shows."""
+    class NVMLError(Exception):
+        pass
+
+    def failing(error):
+        def query(handle):
+            raise error
+        return query
+
+    transient = SimpleNamespace(NVMLError=NVMLError, nvmlDeviceGetComputeRunningProcesses=failing(NVMLError("busy")))
+    assert NvmlProcessTracker(transient, handle="gpu0", pid=1)._used() == 0
+    broken = SimpleNamespace(NVMLError=NVMLError, nvmlDeviceGetComputeRunningProcesses=failing(PermissionError("no")))
+    with pytest.raises(PermissionError):
+        NvmlProcessTracker(broken, handle="gpu0", pid=1)._used()
+    pinned = SimpleNamespace(pci_bus_id=0x3B, pci_device_id=0, pci_domain_id=0)
+    unresolved = SimpleNamespace(NVMLError=NVMLError, nvmlDeviceGetHandleByPciBusId=failing(NVMLError("not found")),
+                                 nvmlDeviceGetHandleByIndex=lambda index: f"nvml#{index}")
+    assert nvml_handle(unresolved, 2, pinned) == "nvml#2"  # NVML could not resolve the bus id: the index

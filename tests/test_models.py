@@ -12,6 +12,7 @@ import pytest
 from pytest_sdopt.architectures import SD15, TINY, build_components
 from pytest_sdopt.errors import SdoptUsageError
 from pytest_sdopt.models import TINY_DIR, resolve_model
+from tests.conftest import FAST
 
 REPO = Path(__file__).resolve().parent.parent
 DRAW = """
@@ -44,7 +45,7 @@ def test_the_marker_can_name_the_model(run_sdopt, tiny_copy):
 
 
 @pytest.mark.parametrize("make, fragment", [
-    (lambda tmp: tmp / "nowhere", "no folder exists"),
+    (lambda tmp: tmp / "nowhere", r"does not exist \(no such folder\)"),
     (lambda tmp: tmp, "is not a diffusers pipeline: it has no model_index.json"),
     (lambda tmp: (tmp / "model.ckpt").write_bytes(b"x") and tmp / "model.ckpt", "is a file, not a diffusers pipeline"),
 ])
@@ -66,7 +67,7 @@ def test_an_uncached_hub_id_names_the_fix(run_sdopt, tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     result = run_sdopt(DRAW.format(model="acme/not-cached"), "--sdopt-model", "acme/not-cached", subprocess=True)
     result.assert_outcomes(failed=1)
-    result.stdout.fnmatch_lines(["*model 'acme/not-cached' is not in the local Hugging Face cache*never downloads*"
+    result.stdout.fnmatch_lines(["*model 'acme/not-cached' is no folder*not in the local Hugging Face cache*never downloads*"
                                  "hf download acme/not-cached*"])
 
 
@@ -83,8 +84,10 @@ def test_a_cached_hub_id_loads_offline(run_sdopt, tmp_path, monkeypatch):
 
 
 def test_a_name_that_is_neither_gets_the_list_of_kinds():
-    with pytest.raises(SdoptUsageError, match="neither 'tiny'.*'sd15-random'.*hub id"):
+    # Not of the form org/name, so only a folder: "no such folder" and the other kinds, no hub-cache advice.
+    with pytest.raises(SdoptUsageError, match="no such folder.*'tiny', embedded; 'sd15-random'; a cached hub id") as raised:
         resolve_model("not a model")
+    assert "Hugging Face cache" not in str(raised.value)
 
 
 def test_sd15_random_has_the_published_parameter_counts():
@@ -180,3 +183,37 @@ def test_a_run_draws_the_models_own_prompt_unless_one_is_set(run_sdopt, tiny_cop
         result = run_sdopt(PROMPT, "-s", *args)
         result.assert_outcomes(passed=1)
         assert f"PROMPT={json.dumps(expected)}" in result.stdout.str()
+
+
+def test_a_relative_model_folder_is_taken_from_the_ini_file_or_the_rootdir_not_the_current_folder(
+        pytester, monkeypatch):
+    """Run from a subfolder: `models/tiny-copy` exists only under the project, where the ini file is.
+    Taken from the current folder it would be no folder, and then an uncached hub id."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    shutil.copytree(TINY_DIR, pytester.path / "models" / "tiny-copy")
+    pytester.makeini("[pytest]\nsdopt_model = models/tiny-copy\n")
+    pytester.makepyfile(test_ini="""
+        def test_from_ini(sdopt):
+            assert sdopt.run("fp32").image.size == (64, 64)
+    """, test_marker="""
+        import pytest
+
+        @pytest.mark.sdopt(model="./models/tiny-copy")
+        def test_from_marker(sdopt):
+            assert sdopt.run("fp32").image.size == (64, 64)
+
+        def test_from_keyword(sdopt):
+            assert sdopt.run("fp32", model="models/tiny-copy").image.size == (64, 64)
+    """)
+    elsewhere = pytester.mkdir("elsewhere")
+    monkeypatch.chdir(elsewhere)
+    quiet = ("-W", "ignore::pytest.PytestAssertRewriteWarning")
+    result = pytester.runpytest("-p", "pytest_sdopt", *quiet, *FAST, "--rootdir", str(pytester.path),
+                                "-c", str(pytester.path / "tox.ini"), str(pytester.path))
+    result.assert_outcomes(passed=3)
+    # The same relative name on the command line is the current folder's: none here, so it says so.
+    missing = pytester.runpytest("-p", "pytest_sdopt", *quiet, *FAST, "--rootdir", str(pytester.path),
+                                 "-c", str(pytester.path / "tox.ini"), "--sdopt-model", "./models/tiny-copy",
+                                 str(pytester.path / "test_ini.py"))
+    missing.assert_outcomes(failed=1)
+    missing.stdout.fnmatch_lines(["*model folder '*elsewhere/models/tiny-copy' does not exist (no such folder)*"])
