@@ -20,15 +20,3 @@ def test_quick_start_is_two_commands_and_ci_runs_both():
     for command in commands:
         assert command in ci, command
     assert "torch==2.13.0" in commands[0]  # the CPU build on disk, not a multi-GB CUDA download
-
-
-def test_the_nightly_workflow_uses_only_options_that_exist():
-    import yaml
-
-    from pytest_sdopt.settings import SETTINGS
-
-    workflow = (REPO / "examples" / "ci" / "nightly-gpu.yml").read_text(encoding="utf-8")
-    yaml.safe_load(workflow)  # valid YAML
-    used = set(re.findall(r"--sdopt-[a-z-]+", workflow))
-    assert used and used <= {setting.cli for setting in SETTINGS}
-    assert "sdopt compare" in workflow and "--sdopt-json" in workflow and "--sdopt-html" in workflow
