@@ -36,7 +36,9 @@ def resolve_device(name: str, worker: tuple[int, int] | None = None, share_gpus:
     if text in ("auto", "cuda") and worker is not None and worker[1] > 1 and cuda.is_available():
         return _worker_gpu(worker, cuda.device_count(), share_gpus)
     if text == "auto":
-        return torch.device("cuda" if cuda.is_available() else "cpu")
+        if not cuda.is_available():
+            return torch.device("cpu")
+        text = "cuda"  # then resolved as a bare `cuda` is: one answer, with the device's index
     try:
         device = torch.device(text)
     except (RuntimeError, ValueError):

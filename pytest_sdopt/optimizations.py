@@ -542,7 +542,9 @@ class Optimization:
     def name(self) -> str:
         if self.value is None or self.value == self.spec.default_value:
             return self.spec.name
-        return f"{self.spec.name}:{self.value:g}"
+        # repr, not :g: the shortest text that parses back to this exact value. :g kept 6 digits,
+        # so tome:0.1000001 was named tome:0.1 and shared that stack's baselines.
+        return f"{self.spec.name}:{self.value!r}"
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,7 @@ sizes are never compared (no cropping to the overlap): that is an error of its o
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,11 +75,20 @@ def write_artifacts(folder: Path, actual: Any, baseline: Any, similarity: Simila
     return tuple(written)
 
 
+MAX_NAME = 150  # characters of one folder name (file systems allow 255 bytes)
+
+
 def artifact_folder(results_dir: Path, nodeid: str, stack: str, run: int = 1) -> Path:
     """`<results dir>/<test>/<stack>/`: a test's artifacts are found by its name; a later run of the
     same stack in that test (`run` > 1) gets `<stack>.run<N>/`, so it never overwrites the first's."""
     def safe(text: str) -> str:
-        return re.sub(r"[^A-Za-z0-9._+=\[\],-]", "_", text)[:150]
+        name = re.sub(r"[^A-Za-z0-9._+=\[\],-]", "_", text)
+        if len(name) <= MAX_NAME:
+            return name
+        # Truncated names keep a digest of the whole name: two long ids that share their first
+        # 150 characters must not write into (and overwrite) one folder.
+        digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:12]
+        return f"{name[:MAX_NAME - len(digest) - 1]}-{digest}"
 
     return Path(results_dir) / safe(nodeid.replace("::", "--")) / (safe(stack.replace(":", "-")) + run_suffix(run))
 

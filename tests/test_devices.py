@@ -21,12 +21,29 @@ class FakeCuda:
         return 0
 
 
-@pytest.mark.parametrize("worker, gpus, expected", [((0, 2), 2, "cuda:0"), ((1, 2), 2, "cuda:1"),
-                                                    ((3, 4), 8, "cuda:3"), (None, 4, "cuda:0")])
-def test_each_xdist_worker_is_pinned_to_its_own_gpu(worker, gpus, expected):
-    assert str(resolve_device("auto", worker, cuda=FakeCuda(gpus))) in (expected, expected.replace(":0", ""))
-    if worker is not None:
-        assert str(resolve_device("cuda", worker, cuda=FakeCuda(gpus))) == expected
+@pytest.mark.parametrize("worker, workers, gpus, expected", [
+    ("gw0", "2", 2, "cuda:0"), ("gw1", "2", 2, "cuda:1"), ("gw3", "4", 8, "cuda:3"),
+    ("gw0", "1", 4, "cuda:0"),  # -n 1: one worker, the current device, as without xdist
+    (None, None, 4, "cuda:0"),  # no xdist
+])
+def test_each_xdist_worker_is_pinned_to_its_own_gpu(monkeypatch, worker, workers, gpus, expected):
+    # Faked at both boundaries: xdist's environment variables and torch.cuda's device count.
+    for name, value in (("PYTEST_XDIST_WORKER", worker), ("PYTEST_XDIST_WORKER_COUNT", workers)):
+        if value is None:
+            monkeypatch.delenv(name, raising=False)
+        else:
+            monkeypatch.setenv(name, value)
+    for requested in ("auto", "cuda"):  # auto and a bare cuda pin alike
+        assert str(resolve_device(requested, xdist_worker(), cuda=FakeCuda(gpus))) == expected, requested
+
+
+def test_workers_on_as_many_gpus_never_share_one(monkeypatch):
+    monkeypatch.setenv("PYTEST_XDIST_WORKER_COUNT", "4")
+    devices = []
+    for index in range(4):
+        monkeypatch.setenv("PYTEST_XDIST_WORKER", f"gw{index}")
+        devices.append(str(resolve_device("auto", xdist_worker(), cuda=FakeCuda(4))))
+    assert devices == ["cuda:0", "cuda:1", "cuda:2", "cuda:3"]
 
 
 def test_more_workers_than_gpus_is_refused_unless_sharing_is_asked_for():

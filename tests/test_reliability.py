@@ -2,9 +2,13 @@
 of stacks, hostile names, and an xdist matrix merged into one set of results."""
 
 import json
+import re
+
+import numpy as np
 
 from hypothesis import given
 from hypothesis import strategies as st
+from PIL import Image
 
 from pytest_sdopt.similarity import artifact_folder
 from tests.conftest import FAST
@@ -64,25 +68,43 @@ def test_no_test_name_writes_outside_the_results_dir(tmp_path_factory, name, sta
 
 
 def test_hostile_parametrize_ids_stay_inside_the_results_dir(run_sdopt, pytester):
-    result = run_sdopt("""
+    outside = pytester.path.parent / "abs-escape"  # an absolute id aimed at a sibling of the project
+    ids = ["../../escaped", str(outside), "..", "..\\..\\win", "odd: *?<>|\"'\t%$~ é ☃",
+           "L" * 300 + "1", "L" * 300 + "2"]  # the last two share far more than a folder name holds
+    source = f"""
         import pytest
 
-        @pytest.mark.parametrize("name", ["../../escaped", "/abs/path", "..\\\\win"])
+        @pytest.mark.parametrize("name", {ids!r}, ids={ids!r})
         def test_hostile(sdopt, name):
             sdopt.check(sdopt.run("fp32"), min_ssim=0.99)
-    """)
-    result.assert_outcomes(failed=3)  # no baseline yet
-    written = run_sdopt("""
-        import pytest
+    """
+    run_sdopt(source, "-p", "no:cacheprovider", "--sdopt-update-baselines").assert_outcomes(passed=len(ids))
+    # A different stored image makes every comparison fail, and a failed one writes its artifacts
+    # (actual, baseline, diff) under the test's own name: the writes these ids aim elsewhere.
+    stored = next((pytester.path / "baselines").rglob("fp32.png"))
+    Image.fromarray(255 - np.asarray(Image.open(stored).convert("RGB"))).save(stored)
+    before = {path for path in pytester.path.parent.rglob("*") if path.is_file()}
 
-        @pytest.mark.parametrize("name", ["../../escaped", "/abs/path", "..\\\\win"])
-        def test_hostile(sdopt, name):
-            sdopt.check(sdopt.run("fp32"), min_ssim=0.99)
-    """, "--sdopt-update-baselines")
-    written.assert_outcomes(passed=3)
-    assert not (pytester.path.parent / "escaped").exists()
-    files = [p for p in pytester.path.rglob("*") if p.is_file()]
-    assert all(p.resolve().is_relative_to(pytester.path.resolve()) for p in files)
+    quiet = ("-W", "ignore::pytest.PytestAssertRewriteWarning")
+    result = pytester.runpytest("-p", "pytest_sdopt", "-p", "no:cacheprovider", *quiet, *FAST)  # the same file
+    result.assert_outcomes(failed=len(ids))
+
+    results_dir = (pytester.path / ".sdopt").resolve()
+    written = {path for path in pytester.path.parent.rglob("*") if path.is_file()} - before
+    assert written, "the failed comparisons wrote no artifacts"
+    outside_results = [path for path in written if not path.resolve().is_relative_to(results_dir)]
+    assert not outside_results
+    assert not outside.exists() and not (pytester.path.parent / "escaped").exists()
+    images = sorted(path for path in written if path.suffix == ".png")
+    folders = {path.parent for path in images}
+    assert len(folders) == len(ids)  # one folder per test: no two ids share (and overwrite) one
+    for folder in folders:
+        assert sorted(path.name for path in folder.iterdir()) == ["actual.png", "baseline.png", "diff.png"]
+        assert folder.parent.parent == results_dir and len(folder.parent.name) <= 150
+    # and the failure messages point at those files
+    shown = re.findall(r"(?:actual|baseline|diff): +(\S+\.png)", result.stdout.str())
+    assert len(shown) == 3 * len(ids)
+    assert {(pytester.path / path).resolve() for path in shown} == {path.resolve() for path in images}
 
 
 def test_an_xdist_matrix_with_two_workers_merges_every_stack_exactly_once(pytester):

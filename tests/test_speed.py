@@ -41,10 +41,17 @@ class FakeClock:
 
 
 def test_a_recording_searches_longer_than_any_check_will():
-    clock = FakeClock([10.0])
-    settled = settle(clock.measure_once, 5.0, measuring_since=0.0, good_enough=None, clock=clock)
-    assert RECORDING_FACTOR == 2
-    assert settled == Settled(10, 10.0, "recording") and clock.calls == 10
+    budget_s = 5.0
+    recording = FakeClock([10.0])
+    recorded = settle(recording.measure_once, budget_s, measuring_since=0.0, good_enough=None, clock=recording)
+    # A check whose reading never holds is the longest a check can measure: its whole budget.
+    checking = FakeClock([10.0])
+    checked = settle(checking.measure_once, budget_s, measuring_since=0.0, good_enough=lambda: False, clock=checking)
+    # Each fake call takes 1 s, so calls are seconds: the recording measured RECORDING_FACTOR x the
+    # budget, the check exactly the budget and no more.
+    assert recorded == Settled(int(RECORDING_FACTOR * budget_s), RECORDING_FACTOR * budget_s, "recording")
+    assert checked == Settled(int(budget_s), budget_s, "checking")
+    assert recorded.seconds > checked.seconds
 
 
 def test_a_check_that_already_holds_measures_nothing_more():

@@ -87,9 +87,29 @@ def test_order_of_spelling_never_changes_the_stack(names, rnd):
     assert parse_stack("+".join(shuffled)) == first
 
 
-@given(st.text(max_size=40))
+# Random text alone almost never spells a stack, so half the examples are built from the
+# registry's names, tome ratios in and out of range, stray spaces and empty parts: both branches
+# (a valid stack, a usage error) are then exercised on every run.
+STACK_PART = st.one_of(st.sampled_from([*REGISTRY, "", " ", "fp16 ", "FP16", "tome:", "tome:x", "fp16:0.3"]),
+                       st.one_of(st.floats(-0.5, 1.5), st.floats()).map(lambda value: f"tome:{value!r}"),
+                       st.text(max_size=8))
+STACK_TEXT = st.one_of(st.text(max_size=40), st.lists(STACK_PART, min_size=1, max_size=4).map("+".join))
+
+
+@given(STACK_TEXT)
 def test_stack_parser_only_ever_raises_usage_errors(text):
+    """Any text either parses into a stack whose canonical name means exactly that stack again,
+    or raises SdoptUsageError with a message; any other exception fails (hypothesis re-raises it)."""
     try:
-        parse_stack(text)
-    except SdoptUsageError:
-        pass
+        stack = parse_stack(text)
+    except SdoptUsageError as exc:
+        assert str(exc).strip(), f"an empty usage error for {text!r}"
+        return
+    assert stack.optimizations, f"{text!r} parsed into an empty stack"
+    assert all(opt.spec.name in REGISTRY for opt in stack.optimizations)
+    again = parse_stack(stack.name)
+    # The same name and the same parameters: a name that rounded tome's ratio would give two
+    # different stacks one baseline.
+    assert again.name == stack.name
+    assert [(opt.spec.name, opt.value) for opt in again.optimizations] == \
+           [(opt.spec.name, opt.value) for opt in stack.optimizations]
