@@ -1,5 +1,8 @@
 """The ways sdopt input can be wrong or incomplete, kept apart from torch so the plugin can raise them early."""
 
+import re
+import sys
+
 
 class SdoptUsageError(ValueError):
     """Bad input from the user (option, marker, stack, model): one paragraph that names the fix.
@@ -23,7 +26,39 @@ class StackUnsupported(Exception):
 
 
 class RunOutOfMemory(Exception):
-    """A run exhausted its device's memory; the message has the peak reached and the ceiling."""
+    """A run exhausted its device's memory; the message has the phase, the peak reached and the ceiling."""
+
+
+class OutOfMemoryWhile(Exception):
+    """Memory ran out while a run's pipeline was built: loading it, placing it on the device, or
+    applying one optimization (`phase` says which, as "loading the model").
+
+    It carries torch's text only, never torch's exception: that exception's frames hold every
+    tensor allocated so far, so it is dropped where it is caught and this one raised after.
+    """
+
+    def __init__(self, phase: str, error: str):
+        super().__init__(f"out of memory while {phase}: {error}")
+        self.phase = phase
+        self.error = error
+
+
+# The CPU allocator of torch (2.13 included) raises a plain RuntimeError, not OutOfMemoryError.
+_CPU_ALLOCATOR_OUT = re.compile(r"DefaultCPUAllocator: (can't allocate|not enough) memory")
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """torch's OutOfMemoryError (CUDA's allocator), the CPU allocator's RuntimeError, or Python's MemoryError."""
+    torch = sys.modules.get("torch")  # a torch error needs torch loaded: never import it to ask
+    if torch is not None and isinstance(exc, torch.OutOfMemoryError):
+        return True
+    return isinstance(exc, MemoryError) or (isinstance(exc, RuntimeError) and bool(_CPU_ALLOCATOR_OUT.search(str(exc))))
+
+
+def first_line(exc: BaseException) -> str:
+    """What torch said, in one line (its CUDA message goes on about allocator settings)."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else "out of memory"
 
 
 class SdoptWarning(UserWarning):

@@ -21,8 +21,10 @@ import pytest
 from pytest_sdopt.baselines import Baseline, BaselineError, fingerprint
 from pytest_sdopt.checking import CheckContext, CheckedRun, check_run, update_command
 from pytest_sdopt.devices import cpu_threads_for, intra_op_threads, resolve_device, xdist_worker
-from pytest_sdopt.errors import RunOutOfMemory, SdoptUsageError, SdoptWarning, StackUnsupported
-from pytest_sdopt.memory import resident_bytes, return_freed_memory_to_the_os
+from pytest_sdopt.errors import (OutOfMemoryWhile, RunOutOfMemory, SdoptUsageError, SdoptWarning, StackUnsupported,
+                                 first_line, is_out_of_memory)
+from pytest_sdopt.isolation import freeze_what_lives_on, rng_states_kept
+from pytest_sdopt.memory import high_water_mark, resident_bytes, restart_high_water_marks, return_freed_memory_to_the_os
 from pytest_sdopt.models import ModelSource
 from pytest_sdopt.optimizations import Stack, StackApplyError, parse_stack
 from pytest_sdopt.scenario import Measurement, Scenario
@@ -66,7 +68,15 @@ class Sdopt:
         """A fresh pipeline with `stack` applied, on the run's device (keywords: model, device)."""
         with self._outcomes(stack):
             plan = self.plan(stack, overrides, "sdopt.pipeline")
-            pipe = self._build(plan)
+            out_of_memory = None
+            try:
+                with rng_states_kept(plan.device):
+                    pipe = self._build(plan)
+            except OutOfMemoryWhile as exc:  # text only: what it held is freed below
+                out_of_memory = exc.phase, exc.error
+            if out_of_memory is not None:
+                release_memory(full=True)
+                raise RunOutOfMemory(out_of_memory_message(plan, {}, out_of_memory[1], out_of_memory[0]))
             self._handed_out += watch(pipe)
             return pipe
 
@@ -161,22 +171,24 @@ class Sdopt:
         return env
 
     def _run(self, plan: PlannedRun) -> Any:
-        with intra_op_threads(plan.device, cpu_threads_for(plan.measurement.cpu_threads)):
+        # The user's random states as they were: the run seeds the global generators for its own draws.
+        with rng_states_kept(plan.device), intra_op_threads(plan.device, cpu_threads_for(plan.measurement.cpu_threads)):
             return self._measure(plan)
 
     def _measure(self, plan: PlannedRun) -> Any:
-        import torch
-
         from pytest_sdopt.runner import Runner, drive
 
         self._session.prime(plan.source, plan.device)  # one-time costs must not count as the first run's memory
         release_memory()  # what an earlier run left must not count in this one's peaks
         resident = resident_bytes()
-        pipe = self._build(plan)
-        watched = watch(pipe)
-        runner = Runner(pipe, plan.stack, plan.scenario, plan.device, self._environment(plan), resident)
-        out_of_memory = None
+        restart_high_water_marks(plan.device)
+        pipe = runner = None
+        watched: list[weakref.ref] = []
+        out_of_memory = None  # (phase, torch's text): only text is kept, the exception's frames hold the tensors
         try:
+            pipe = self._build(plan)
+            watched = watch(pipe)
+            runner = Runner(pipe, plan.stack, plan.scenario, plan.device, self._environment(plan), resident)
             benchmark = self._unused_benchmark()
             if benchmark is None:
                 drive(runner, plan.measurement)
@@ -184,18 +196,23 @@ class Sdopt:
                 result = runner.result()
             else:
                 result = feed_benchmark(benchmark, runner, plan)
-        except torch.OutOfMemoryError as exc:
-            # Only the text is kept: the exception's frames hold the pipeline's tensors.
-            out_of_memory = str(exc).strip().splitlines()[0] if str(exc).strip() else "out of memory"
+        except OutOfMemoryWhile as exc:  # loading, placing or applying
+            out_of_memory = exc.phase, exc.error
+        except Exception as exc:
+            if not is_out_of_memory(exc):
+                raise
+            out_of_memory = "measuring", first_line(exc)
         finally:
-            peaks = dict(runner.peaks)
+            peaks = dict(runner.peaks) if runner is not None else {}
             del pipe, runner
-            release_memory(watched)
+            release_memory(watched, full=out_of_memory is not None)  # a failed load leaves no watched pipeline
         if out_of_memory is not None:
+            phase, error = out_of_memory
             self._session.record(RunRecord(self._node.nodeid, self._node.name, plan.stack.name,
                                            in_matrix=self._in_matrix, order=self._order,
-                                           error=f"out of memory ({out_of_memory})", run=self._next_run(plan.stack.name)))
-            raise RunOutOfMemory(out_of_memory_message(plan, peaks, out_of_memory))
+                                           error=f"out of memory while {phase} ({error})",
+                                           run=self._next_run(plan.stack.name)))
+            raise RunOutOfMemory(out_of_memory_message(plan, peaks, error, phase))
         run = self._next_run(result.stack)
         self._run_of_result[id(result)] = run
         self._session.record(RunRecord(self._node.nodeid, self._node.name, result.stack,
@@ -306,7 +323,16 @@ class Sdopt:
         self._session.references_recorded.add((result.stack, result.scenario))
 
     def _build(self, plan: PlannedRun) -> Any:
-        pipe = plan.source.load()  # on the CPU: the stack places it (offloads keep it there)
+        """The loaded pipeline with the stack applied; OutOfMemoryWhile names the phase that ran out."""
+        out_of_memory = None
+        try:
+            pipe = plan.source.load()  # on the CPU: the stack places it (offloads keep it there)
+        except Exception as exc:
+            if not is_out_of_memory(exc):
+                raise
+            out_of_memory = first_line(exc)
+        if out_of_memory is not None:  # raised outside the handler: torch's exception, and what it holds, is gone
+            raise OutOfMemoryWhile("loading the model", out_of_memory)
         plan.stack.apply(pipe, plan.device)
         return pipe
 
@@ -358,8 +384,11 @@ def feed_benchmark(benchmark: Any, runner: Any, plan: PlannedRun) -> Any:
     return result
 
 
-def out_of_memory_message(plan: PlannedRun, peaks: dict[str, Any], error: str) -> str:
-    """What ran out, how far it got and against which ceiling; memory is already freed."""
+def out_of_memory_message(plan: PlannedRun, peaks: dict[str, Any], error: str, phase: str = "measuring") -> str:
+    """What ran out, in which phase, how far it got and against which ceiling; memory is already freed.
+
+    Where no measured call tracked a peak (a warm-up, or before any call), the figure is the
+    high-water mark since the run began (memory.restart_high_water_marks)."""
     from pytest_sdopt.parsing import format_bytes
 
     device = plan.device
@@ -373,10 +402,10 @@ def out_of_memory_message(plan: PlannedRun, peaks: dict[str, Any], error: str) -
     else:
         import psutil
 
-        peak = peaks.get("peak_host_bytes") or psutil.Process().memory_info().rss
+        peak = peaks.get("peak_host_bytes") or high_water_mark() or psutil.Process().memory_info().rss
         ceiling = psutil.virtual_memory().total
         what = f"peak host memory {format_bytes(peak)} of {format_bytes(ceiling)}"
-    return (f"stack {plan.stack.name!r} ran out of memory ({what}); torch said: {error}. Its memory was "
+    return (f"stack {plan.stack.name!r} ran out of memory while {phase} ({what}); torch said: {error}. Its memory was "
             f"freed and the next tests run normally. Try a smaller --sdopt-size, or a stack that saves memory "
             f"(fp16, vae_tiling, an offload).")
 
@@ -409,39 +438,23 @@ def watch(pipe: Any) -> list[weakref.ref]:
     return refs
 
 
-def release_memory(watched: list[weakref.ref] | None = None) -> None:
+def release_memory(watched: list[weakref.ref] | None = None, full: bool = False) -> None:
     """Drop what a finished run held, so the next test's figures start clean.
 
     A full gc.collect() walks every object torch and diffusers created (~0.2 s here, a third of
     a tiny matrix's harness time, benchmarks/matrix_floor.py), and reference counting alone frees
     most pipelines. So the full collection runs only when a watched pipeline is still alive
-    (a reference cycle: group offload's hooks, layerwise casting); otherwise the young
-    generations are enough for what the test itself left.
+    (a reference cycle: group offload's hooks, layerwise casting), or when `full` asks (after an
+    out-of-memory error, which may leave a half-built pipeline nobody watched); otherwise the
+    young generations are enough for what the test itself left.
     """
-    if any(ref() is not None for ref in watched or ()):
+    if full or any(ref() is not None for ref in watched or ()):
         gc.collect()
     else:
         gc.collect(1)
-    _freeze_what_lives_on(watched)
+    freeze_what_lives_on(watched)
     torch = sys.modules.get("torch")  # never import torch just to clean up
     if torch is not None and torch.cuda.is_available():
         torch.cuda.empty_cache()
     return_freed_memory_to_the_os()
 
-
-_FROZEN = []  # whether _freeze_what_lives_on has run in this process (a list: no `global`)
-
-
-def _freeze_what_lives_on(watched: list[weakref.ref] | None) -> None:
-    """Once, after the first run's pipeline is gone: move every object alive then (torch's,
-    diffusers' and transformers' modules and classes, ~450,000 objects) out of the cyclic
-    collector's sight with gc.freeze(), so later full collections (group offload's, Python's own
-    during calls, pytest's two at the session's end) walk only what later runs create. In a tiny
-    matrix those collections were 1.3 s of a 5.7 s harness. Nothing a run makes is frozen: it
-    happens only when no watched pipeline is alive, after a full collection, so no garbage is
-    frozen either; objects frozen are still freed by reference counting."""
-    if _FROZEN or not watched or any(ref() is not None for ref in watched):
-        return
-    gc.collect()
-    gc.freeze()
-    _FROZEN.append(True)

@@ -68,6 +68,22 @@ def _read_status_kib(field: str, status_path: str = "/proc/self/status") -> int 
     return None
 
 
+def reset_high_water_mark(clear_refs_path: str = "/proc/self/clear_refs",
+                          status_path: str = "/proc/self/status") -> bool:
+    """Set the kernel's peak RSS of this process (VmHWM) to its RSS now; False where that cannot be done.
+
+    The mark is the process's, not sdopt's: what reads it afterwards (`/usr/bin/time -v`, `wait4`'s
+    maxrss, a VmHWM reader) sees the peak since the last reset, not the process's lifetime peak."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        with open(clear_refs_path, "w", encoding="ascii") as clear_refs:
+            clear_refs.write("5")
+    except OSError:
+        return False
+    return _read_status_kib("VmHWM", status_path) is not None
+
+
 class HostMemoryTracker:
     """Peak RSS of this process between start() and stop()."""
 
@@ -78,19 +94,9 @@ class HostMemoryTracker:
         self._peak: int | None = None
         self.method = ""
 
-    def _reset_high_water_mark(self) -> bool:
-        if not sys.platform.startswith("linux"):
-            return False
-        try:
-            with open(self._clear_refs, "w", encoding="ascii") as clear_refs:
-                clear_refs.write("5")
-        except OSError:
-            return False
-        return _read_status_kib("VmHWM", self._status) is not None
-
     def start(self) -> None:
         self._peak = None
-        if self._reset_high_water_mark():
+        if reset_high_water_mark(self._clear_refs, self._status):
             self.method = "VmHWM"
             return
         import psutil
@@ -214,6 +220,24 @@ def trackers_for(device: Any) -> list[MemoryTracker]:
             handle = nvml_handle(nvml, index, torch.cuda.get_device_properties(index))
             trackers.append(NvmlProcessTracker(nvml, handle))
     return trackers
+
+
+def restart_high_water_marks(device: Any, cuda: Any = None) -> None:
+    """At a run's start: the process's peak counters start again (the kernel's VmHWM; on CUDA the
+    allocator's peaks), so a run that runs out of memory before its first measured call (loading,
+    placing, applying) reports its own peak, not an earlier run's (see `high_water_mark`)."""
+    reset_high_water_mark()
+    if getattr(device, "type", None) == "cuda":
+        if cuda is None:
+            import torch
+
+            cuda = torch.cuda
+        cuda.reset_peak_memory_stats(device)
+
+
+def high_water_mark() -> int | None:
+    """The kernel's peak RSS of this process since its last reset (VmHWM; None off Linux)."""
+    return _read_status_kib("VmHWM")
 
 
 def resident_bytes() -> int | None:

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any, Callable
 
-from pytest_sdopt.errors import SdoptUsageError, StackUnsupported
+from pytest_sdopt.errors import OutOfMemoryWhile, SdoptUsageError, StackUnsupported, first_line, is_out_of_memory
 from pytest_sdopt.settings import REFERENCE  # the default reference stack, named once
 
 
@@ -589,7 +589,8 @@ class Stack:
 
         The plain `pipe.to(device)` is skipped when an offload decides placement itself
         (model offload replaces `pipe.to("cuda")`). Raises StackUnsupported naming the first
-        optimization that changed nothing on this pipeline, and what it found instead.
+        optimization that changed nothing on this pipeline, and what it found instead, and
+        OutOfMemoryWhile naming the placement or the optimization that ran out of memory.
         """
         precision = [opt for opt in self.optimizations if opt.spec.exclusive_group == "precision"]
         steps = list(self.optimizations) if precision else [Optimization(REGISTRY[REFERENCE]), *self.optimizations]
@@ -612,13 +613,23 @@ def _place(pipe: Any, device: Any) -> None:
     """pipe.to(device), only when a component is elsewhere (diffusers warns on fp16 -> cpu even as a no-op)."""
     import torch
 
-    if any(isinstance(part, torch.nn.Module) and part.device != device for part in pipe.components.values()):
+    if not any(isinstance(part, torch.nn.Module) and part.device != device for part in pipe.components.values()):
+        return
+    out_of_memory = None
+    try:
         pipe.to(device)
+    except Exception as exc:
+        if not is_out_of_memory(exc):
+            raise
+        out_of_memory = first_line(exc)
+    if out_of_memory is not None:  # raised outside the handler: torch's exception, and what it holds, is gone
+        raise OutOfMemoryWhile(f"placing the pipeline on {device}", out_of_memory)
 
 
 def _apply_one(opt: Optimization, pipe: Any, device: Any) -> None:
     """Apply one optimization; StackUnsupported if it changed nothing (see `Effect`)."""
     effect = opt.spec.effect
+    out_of_memory = None
     try:
         before = effect.take(pipe) if effect is not None else None
         opt.spec.apply(pipe, ApplyContext(device=device, value=opt.value))
@@ -626,7 +637,11 @@ def _apply_one(opt: Optimization, pipe: Any, device: Any) -> None:
     except (StackUnsupported, SdoptUsageError):
         raise
     except Exception as exc:  # a diffusers/torch error while applying: name the optimization
-        raise StackApplyError(opt.name, exc) from exc
+        if not is_out_of_memory(exc):
+            raise StackApplyError(opt.name, exc) from exc
+        out_of_memory = first_line(exc)  # only the text: the exception's frames hold the tensors
+    if out_of_memory is not None:
+        raise OutOfMemoryWhile(f"applying {opt.name!r}", out_of_memory)
     if no_effect is not None:
         raise StackUnsupported(opt.name, no_effect)
 

@@ -48,6 +48,8 @@ def pytest_configure(config: pytest.Config) -> None:
     except SdoptUsageError as exc:
         raise pytest.UsageError(f"pytest-sdopt: {exc}") from None
     config.stash[SETTINGS_KEY] = settings
+    # The session's very end: after pytest's own last collections, which the freeze keeps short.
+    config.add_cleanup(_unfreeze)
 
 
 def pytest_report_header(config: pytest.Config) -> str | None:
@@ -155,6 +157,13 @@ def _write_baseline_list(terminalreporter: pytest.TerminalReporter, config: pyte
         line = write.describe(shown(Path(write.path), config.invocation_params.dir))
         terminalreporter.write_line(("WARNING: " if write.suspicious else "") + line,
                                     yellow=write.suspicious, bold=write.suspicious)
+
+
+def _unfreeze() -> None:
+    """Nothing of the user's stays out of the cyclic collector's sight after the session (isolation.py)."""
+    from pytest_sdopt.isolation import unfreeze
+
+    unfreeze()
 
 
 def _version() -> str:

@@ -9,7 +9,8 @@ import psutil
 import pytest
 import torch
 
-from pytest_sdopt.memory import CudaMemoryTracker, HostMemoryTracker, NvmlProcessTracker, nvml_handle
+from pytest_sdopt.memory import (CudaMemoryTracker, HostMemoryTracker, NvmlProcessTracker, high_water_mark,
+                                 nvml_handle, restart_high_water_marks)
 from pytest_sdopt.models import resolve_model
 from pytest_sdopt.optimizations import parse_stack
 from pytest_sdopt.runner import run_pipeline
@@ -49,6 +50,19 @@ def test_host_tracker_does_not_count_an_earlier_peak():
     tracker.start()
     tracker.stop()
     assert tracker.peaks()["peak_host_bytes"] < rss() + 0.5 * BALLAST
+
+
+def test_a_run_start_restarts_the_peaks_a_run_that_runs_out_of_memory_early_reports():
+    """Before its first measured call a run has no tracker: its figure is the high-water mark since it began."""
+    block = touched(2 * BALLAST)
+    del block  # the process's high-water mark now includes it
+    resets = []
+    cuda = SimpleNamespace(reset_peak_memory_stats=resets.append)
+    restart_high_water_marks(torch.device("cpu"), cuda=cuda)
+    assert high_water_mark() < rss() + 0.5 * BALLAST  # the earlier peak no longer counts
+    assert resets == []  # a CPU run leaves CUDA alone
+    restart_high_water_marks(torch.device("cuda", 0), cuda=cuda)
+    assert resets == [torch.device("cuda", 0)]
 
 
 class FakeCuda:

@@ -35,12 +35,141 @@ def test_out_of_memory_fails_its_own_test_frees_everything_and_the_next_test_run
     """)
     result.assert_outcomes(failed=1, passed=1)
     result.stdout.fnmatch_lines([
-        "sdopt: stack 'fp32' ran out of memory (peak host memory * MB of * GB); torch said: CUDA out of memory. "
-        "Tried to allocate 20.00 GiB. Its memory was freed and the next tests run normally.*"])
+        "sdopt: stack 'fp32' ran out of memory while measuring (peak host memory * MB of * GB); torch said: CUDA out of "
+        "memory. Tried to allocate 20.00 GiB. Its memory was freed and the next tests run normally.*"])
     assert "Traceback" not in result.stdout.str() and "INTERNALERROR" not in result.stdout.str()
     # the table and the results say so too
-    result.stdout.fnmatch_lines(["test_a_stack_too_big * fp32 * FAIL: out of memory (CUDA out of memory. Tried to "
-                                 "allocate 20.00 GiB)"])
+    result.stdout.fnmatch_lines(["test_a_stack_too_big * fp32 * FAIL: out of memory while measuring (CUDA out of "
+                                 "memory. Tried to allocate 20.00 GiB)"])
+
+
+def test_out_of_memory_is_torchs_error_the_cpu_allocators_or_pythons_and_nothing_else():
+    import torch
+
+    from pytest_sdopt.errors import is_out_of_memory
+
+    try:
+        torch.empty(2 ** 62, dtype=torch.uint8)  # more than any address space: the CPU allocator refuses it
+    except RuntimeError as exc:
+        refused = exc
+    assert is_out_of_memory(refused)  # a plain RuntimeError in torch 2.13, not torch.OutOfMemoryError
+    assert is_out_of_memory(torch.OutOfMemoryError("CUDA out of memory.")) and is_out_of_memory(MemoryError())
+    assert not is_out_of_memory(RuntimeError("mat1 and mat2 shapes cannot be multiplied"))
+    assert not is_out_of_memory(ValueError("can't allocate memory"))
+
+
+# Each phase of a run, run out of memory where it really would: inside the library call (a loaded
+# pipeline, diffusers' placement, tomesd's patch, the UNet's forward). Each injection keeps a weak
+# reference to what it held, so the next test can tell whether the failure still holds it (a raw
+# torch error's frames, kept by pytest as sys.last_value until the next failure, would).
+OUT_OF_MEMORY_CONFTEST = """
+import gc
+import weakref
+
+import pytest
+import tomesd
+import torch
+from diffusers import DiffusionPipeline, UNet2DConditionModel
+
+HELD = []
+TORCH_SAYS = "CUDA out of memory. Tried to allocate 20.00 GiB"
+
+
+def hold(thing):
+    HELD.append(weakref.ref(thing))
+
+
+@pytest.fixture
+def out_of_memory_while(monkeypatch):
+    load = DiffusionPipeline.from_pretrained.__func__
+
+    def inject(phase):
+        if phase in ("loading", "placing"):
+            def loading(cls, *args, **kwargs):
+                pipe = load(cls, *args, **kwargs)
+                hold(pipe)
+                if phase == "loading":  # the weights are in, memory runs out before the call returns
+                    raise torch.OutOfMemoryError(TORCH_SAYS)
+                pipe.vae.to("meta")  # on a CPU machine every part loads where it runs: one must be elsewhere
+                return pipe
+
+            def placing(self, *args, **kwargs):
+                raise torch.OutOfMemoryError(TORCH_SAYS)
+
+            monkeypatch.setattr(DiffusionPipeline, "from_pretrained", classmethod(loading))
+            monkeypatch.setattr(DiffusionPipeline, "to", placing)
+        elif phase == "applying":
+            def applying(pipe, **kwargs):
+                hold(pipe)
+                raise torch.OutOfMemoryError(TORCH_SAYS)
+
+            monkeypatch.setattr(tomesd, "apply_patch", applying)
+        else:  # measuring: the CPU allocator's own error (a RuntimeError), as a real CPU run gets it
+            forward = UNet2DConditionModel.forward
+
+            def measuring(self, *args, **kwargs):
+                hold(self)
+                torch.empty(2 ** 62, dtype=torch.uint8)  # more than any address space: refused at once
+                return forward(self, *args, **kwargs)
+
+            monkeypatch.setattr(UNet2DConditionModel, "forward", measuring)
+
+    return inject
+
+
+@pytest.fixture
+def nothing_held():
+    def check():
+        gc.collect()
+        alive = [ref() for ref in HELD if ref() is not None]
+        HELD.clear()
+        return not alive
+    return check
+"""
+
+PHASES = {"loading": ("fp32", "loading the model"), "placing": ("fp32", "placing the pipeline on cpu"),
+          "applying": ("tome", "applying 'tome'"), "measuring": ("fp32", "measuring")}
+
+
+def test_out_of_memory_in_any_phase_fails_its_own_test_naming_the_phase_and_the_next_test_runs(run_sdopt, pytester):
+    pytester.makeconftest(OUT_OF_MEMORY_CONFTEST)
+    source = "".join(f"""
+def test_{name}(sdopt, out_of_memory_while):
+    out_of_memory_while({name!r})
+    sdopt.run({stack!r})
+
+def test_after_{name}(sdopt, nothing_held):
+    assert nothing_held()  # no frame of the failure holds what it allocated
+    assert sdopt.run("fp32").image.size == (64, 64)
+""" for name, (stack, _phase) in PHASES.items()) + """
+def test_pipeline_loading(sdopt, out_of_memory_while):
+    out_of_memory_while("loading")
+    sdopt.pipeline("fp32")
+
+def test_after_pipeline_loading(sdopt, nothing_held):
+    assert nothing_held()
+    assert sdopt.pipeline("fp32") is not None
+"""
+    result = run_sdopt(source, "--sdopt-json", "out.json")
+    result.assert_outcomes(failed=5, passed=5)
+    said = "CUDA out of memory. Tried to allocate 20.00 GiB. Its memory was freed and the next tests run normally.*"
+    for name, (stack, phase) in PHASES.items():
+        if name == "measuring":
+            said = "[[]enforce fail at *DefaultCPUAllocator: can't allocate memory* Its memory was freed*"
+        # the failure is that one paragraph, right under the test's header: no traceback, no chain
+        result.stdout.fnmatch_lines([f"*_ test_{name} _*", f"sdopt: stack {stack!r} ran out of memory while {phase} "
+                                     f"(peak host memory * of *); torch said: {said}", "*_ test_*"], consecutive=True)
+    result.stdout.fnmatch_lines(["*_ test_pipeline_loading _*", "sdopt: stack 'fp32' ran out of memory while loading "
+                                 "the model (peak host memory * of *); torch said: CUDA out of memory*", "*= sdopt =*"],
+                                consecutive=True)
+    output = result.stdout.str()
+    assert "Traceback" not in output and "INTERNALERROR" not in output and "site-packages" not in output
+    runs = {run["test"]: run for run in json.loads((pytester.path / "out.json").read_text())["runs"]}
+    for name, (stack, phase) in PHASES.items():
+        assert runs[f"test_{name}"]["outcome"] == "failed" and runs[f"test_{name}"]["stack"] == stack
+        assert runs[f"test_{name}"]["note"].startswith(f"out of memory while {phase} (")
+        assert runs[f"test_after_{name}"]["outcome"] == "unchecked"  # ran, and was never checked
+    assert "test_pipeline_loading" not in runs  # a pipeline handed out is no run
 
 
 def test_stacks_give_the_same_images_in_either_order(run_sdopt):

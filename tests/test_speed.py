@@ -84,9 +84,9 @@ class Cycle:
 
 
 def test_a_full_collection_runs_only_when_a_watched_object_outlived_its_release(monkeypatch):
-    from pytest_sdopt import fixture
+    from pytest_sdopt import isolation
 
-    monkeypatch.setattr(fixture, "_FROZEN", [True])  # the one-off freeze is the next test's
+    monkeypatch.setattr(isolation, "_FROZEN", [True])  # the one-off freeze is the next test's
     calls = []
     real_collect = gc.collect
     monkeypatch.setattr(gc, "collect", lambda *generation: calls.append(generation) or real_collect(*generation))
@@ -104,9 +104,10 @@ def test_a_full_collection_runs_only_when_a_watched_object_outlived_its_release(
 
 
 def test_once_the_first_pipeline_is_gone_what_lives_on_is_frozen_and_later_cycles_are_still_collected(monkeypatch):
-    from pytest_sdopt import fixture
+    from pytest_sdopt import isolation
 
-    monkeypatch.setattr(fixture, "_FROZEN", [])
+    monkeypatch.setattr(isolation, "_FROZEN", [])
+    monkeypatch.setattr(gc, "get_freeze_count", lambda: 0)  # whatever this suite's process froze itself
     events = []
     real_collect = gc.collect
     monkeypatch.setattr(gc, "collect", lambda *generation: events.append(("collect", generation)) or real_collect(*generation))
