@@ -42,8 +42,22 @@ from pytest_sdopt.models import TINY_DIR
 # relative to stored speed and memory are off: one unwarmed run on a shared 2-core machine varies
 # by more than their 10% default, and in-process pytester sessions share one growing process.
 # The tests of those two gates switch them back on and inject a change too large to miss.
-FAST = ("--sdopt-size", "64x64", "--sdopt-steps", "2", "--sdopt-repeats", "1", "--sdopt-warmup", "0",
-        "--sdopt-max-its-drop", "off", "--sdopt-max-memory-growth", "off")
+SMALL = ("--sdopt-size", "64x64", "--sdopt-steps", "2", "--sdopt-repeats", "1", "--sdopt-warmup", "0",
+         "--sdopt-max-its-drop", "off", "--sdopt-max-memory-growth", "off")
+# The tests that mean CPU say so: with `auto` (the default) a machine with a CUDA GPU would run
+# them there, and their CPU figures, messages and skips would not hold.
+ON_CPU = ("--sdopt-device", "cpu")
+FAST = (*SMALL, *ON_CPU)
+NO_CUDA = "no CUDA GPU: torch.cuda.is_available() is False"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """`cuda`-marked tests run only where torch sees a CUDA GPU; elsewhere they skip, saying why."""
+    marked = [item for item in items if item.get_closest_marker("cuda") is not None]
+    if marked and not torch.cuda.is_available():
+        for item in marked:
+            item.add_marker(pytest.mark.skip(reason=NO_CUDA))
+
 
 # Stacks that run on a CPU-only machine (compile too, but it is tested on its own: ~75 s).
 CPU_STACKS = ("fp32", "fp16", "bf16", "vae_tiling", "vae_slicing", "attention_slicing", "sdpa", "tome",
@@ -52,13 +66,16 @@ CPU_STACKS = ("fp32", "fp16", "bf16", "vae_tiling", "vae_slicing", "attention_sl
 
 @pytest.fixture
 def run_sdopt(pytester: pytest.Pytester):
-    """Run a real pytest session with the plugin on `source`, with FAST settings unless overridden."""
+    """Run a real pytest session with the plugin on `source`, with FAST settings (on the CPU) unless overridden."""
 
-    def run(source: str, *args: str, fast: bool = True, subprocess: bool = False) -> pytest.RunResult:
+    def run(source: str, *args: str, fast: bool = True, subprocess: bool = False,
+            device: str | None = "cpu") -> pytest.RunResult:
+        """`device`: the --sdopt-device the session runs on (None: the plugin's default, auto)."""
         pytester.makepyfile(test_downstream=source)
         # The outer session imported pytest_sdopt already, so inner ones cannot assert-rewrite it.
         quiet = ("-W", "ignore::pytest.PytestAssertRewriteWarning")
-        argv = ("-p", "pytest_sdopt", "-rs", *quiet, *(FAST if fast else ()), *args)
+        on = ("--sdopt-device", device) if device else ()
+        argv = ("-p", "pytest_sdopt", "-rs", *quiet, *(SMALL if fast else ()), *on, *args)
         return pytester.runpytest_subprocess(*argv) if subprocess else pytester.runpytest(*argv)
 
     return run

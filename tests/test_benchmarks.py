@@ -5,6 +5,7 @@ own output, never in a test verdict): whichever verdicts a run prints, its exit 
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -16,8 +17,10 @@ BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 
 
 def run(script: str, *args: str) -> subprocess.CompletedProcess:
+    # These mean the CPU: the scripts take `auto`, which is CUDA on a machine with a GPU.
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
     return subprocess.run([sys.executable, str(BENCHMARKS / script), *args], capture_output=True, text=True,
-                          timeout=600)
+                          timeout=600, env=env)
 
 
 def printed_verdicts(stdout: str) -> dict[str, str]:

@@ -164,8 +164,12 @@ def test_bad_command_line_values_are_usage_errors_not_internal_errors(run_sdopt)
 
 
 def test_a_missing_explicit_device_fails_instead_of_skipping(run_sdopt):
+    # CUDA is made absent at the torch.cuda boundary, so the test means the same on a machine with a GPU.
     result = run_sdopt("""
-        def test_gpu(sdopt):
+        import torch
+
+        def test_gpu(sdopt, monkeypatch):
+            monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
             sdopt.run("fp16", device="cuda")
     """)
     result.assert_outcomes(failed=1)

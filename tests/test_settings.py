@@ -2,7 +2,7 @@
 
 import pytest
 
-from tests.conftest import FAST
+from tests.conftest import FAST, ON_CPU
 
 # (ini, command line, marker, keyword) steps -> the steps the run used; None: not given there.
 PRECEDENCE = [
@@ -33,7 +33,7 @@ def test_steps_precedence(pytester, ini, cli, marker, keyword, expected):
             # PNDM runs steps + 1 iterations: the setting really reached the pipeline
             assert len(result.step_times_s[0]) == {expected} + 1
     """)
-    args = ["-p", "pytest_sdopt", "--sdopt-size", "64x64", "--sdopt-repeats", "1", "--sdopt-warmup", "0"]
+    args = ["-p", "pytest_sdopt", *ON_CPU, "--sdopt-size", "64x64", "--sdopt-repeats", "1", "--sdopt-warmup", "0"]
     if cli is not None:
         args += ["--sdopt-steps", str(cli)]
     pytester.runpytest(*args).assert_outcomes(passed=1)
@@ -50,7 +50,7 @@ def test_class_marker_is_overridden_by_the_method_marker(pytester):
                 result = sdopt.run("fp32", steps=1, repeats=1, warmup=0)
                 assert result.scenario.seed == 9 and result.scenario.size == (64, 64)
     """)
-    pytester.runpytest("-p", "pytest_sdopt").assert_outcomes(passed=1)
+    pytester.runpytest("-p", "pytest_sdopt", *ON_CPU).assert_outcomes(passed=1)
 
 
 def test_ini_values_are_parsed_with_the_same_errors(pytester):
@@ -69,7 +69,7 @@ def test_ini_scenario_settings_reach_the_run(pytester):
             assert result.image.size == (64, 48)
             assert (result.scenario.seed, result.scenario.prompt, result.scenario.guidance) == (5, "a red circle", 3.0)
     """)
-    pytester.runpytest("-p", "pytest_sdopt").assert_outcomes(passed=1)
+    pytester.runpytest("-p", "pytest_sdopt", *ON_CPU).assert_outcomes(passed=1)
 
 
 # Gates, the same way: (ini, command line, marker, keyword) min_its -> outcome. 1e9 it/s cannot be
