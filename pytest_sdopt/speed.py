@@ -301,12 +301,12 @@ def judge_speed(now: SpeedFigure, before: SpeedFigure, limit: float) -> SpeedJud
     else:
         verdict = Verdict.INCONCLUSIVE
     why = remedy = ""
-    single = next(((which, figure) for which, figure in (("this run's", now), ("the stored figure's", before))
+    single = next(((which, figure) for which, figure in (("this run's figure", now), ("the stored figure", before))
                    if figure.runs < MIN_RUNS_TO_FAIL), None)
     if verdict is Verdict.FAIL and single is not None:
         which, figure = single
         return SpeedJudgement(Verdict.INCONCLUSIVE, 1 - ratio, drop_low, drop_high, relative, moved,
-                              why=f"{which} figure rests on {figure.runs} run, and one run cannot tell a slower code "
+                              why=f"{which} rests on {figure.runs} run, and one run cannot tell a slower code "
                                   f"from a moment the machine was taken from it",
                               remedy=f"--sdopt-repeats 3 or more{' (and record again)' if figure is before else ''}")
     if verdict is Verdict.INCONCLUSIVE:
