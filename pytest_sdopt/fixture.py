@@ -32,7 +32,7 @@ from pytest_sdopt.session import SdoptSession
 from pytest_sdopt.settings import (GATE_KEYWORDS, SCENARIO_KEYS, keyword_overrides, marker_overrides, resolve_gates,
                                    resolve_run)
 from pytest_sdopt.similarity import artifact_folder
-from pytest_sdopt.speed import CHECK_SETTLE_S, SpeedFigure, Verdict, judge_speed, settle
+from pytest_sdopt.speed import CHECK_SETTLE_S, SpeedFigure, Verdict, judge_speed, settle, settle_recording
 from pytest_sdopt.summary import RunRecord
 
 
@@ -227,13 +227,19 @@ class Sdopt:
 
         A check, when this device has stored metrics and max_its_drop (as the marker, command line or
         ini set it) does not surely pass: re-measure until it does, or the budget ends (--sdopt-settle,
-        by default CHECK_SETTLE_S). A recording (--sdopt-update-baselines) only with --sdopt-settle
-        given: then for twice the budget.
+        by default CHECK_SETTLE_S). A recording (--sdopt-update-baselines): with --sdopt-settle given,
+        for twice the budget; by default, where max_its_drop is on, until the figure has an interval
+        of its own (speed.settle_recording).
         """
         budget = plan.measurement.settle_s
         if runner.measuring_since is None:
             return
         good_enough = None
+        if self._session.settings["update-baselines"] and budget is None:
+            if self._its_drop_limit(plan) is not None:
+                runner.settled = settle_recording(lambda: runner.call(measured=True), runner.measuring_since,
+                                                  lambda: runner.speed().has_interval)
+            return
         if not self._session.settings["update-baselines"]:
             budget = CHECK_SETTLE_S if budget is None else budget
             good_enough = self._surely_within_its_drop(plan, runner) if budget > 0 else None
@@ -243,16 +249,24 @@ class Sdopt:
             return
         runner.settled = settle(lambda: runner.call(measured=True), budget, runner.measuring_since, good_enough)
 
+    def _its_drop_limit(self, plan: PlannedRun) -> float | None:
+        """max_its_drop as the marker, command line or ini set it (None: off, or a bad marker that
+        sdopt.check() reports); a keyword given only to sdopt.check() is not known while the run measures."""
+        try:
+            marker = marker_overrides(self._node.iter_markers("sdopt"))
+        except SdoptUsageError:
+            return None
+        return resolve_gates(self._session.settings, marker, {}, plan.stack.default_min_ssim,
+                             plan.device.type).max_its_drop
+
     def _surely_within_its_drop(self, plan: PlannedRun, runner: Any) -> Any:
         """A test of whether max_its_drop surely passes on what `runner` has measured, against this
         device's stored figure (the comparison the gate makes); None when the gate cannot apply."""
         try:
-            marker = marker_overrides(self._node.iter_markers("sdopt"))
             stored = self._session.store.read_metrics(plan.scenario, plan.stack.name).get(fingerprint(runner.env))
         except (SdoptUsageError, BaselineError):
             return None  # sdopt.check() reports these
-        limit = resolve_gates(self._session.settings, marker, {}, plan.stack.default_min_ssim,
-                              plan.device.type).max_its_drop
+        limit = self._its_drop_limit(plan)
         if limit is None or not stored:
             return None
         before = SpeedFigure.stored(stored)

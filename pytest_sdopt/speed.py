@@ -20,8 +20,9 @@ interval on them would be precise about the wrong thing). Hence:
   intervals and how far the machine's speed moved between them, and says pass (all of it within
   the limit), FAIL (all of it past the limit) or inconclusive (with why and what would settle it);
 - a check whose verdict is not yet pass keeps measuring for up to `settle` seconds
-  (`--sdopt-settle`, by default CHECK_SETTLE_S); with `--sdopt-settle` given, a recording measures
-  for twice that long, so the stored figure rests on more runs than any check.
+  (`--sdopt-settle`, by default CHECK_SETTLE_S); a recording measures until its figure has an
+  interval of its own (settle_recording), or with `--sdopt-settle` given for twice that long, so
+  the stored figure rests on more runs than any check.
 """
 
 from __future__ import annotations
@@ -62,6 +63,12 @@ RECORDING_FACTOR = 2  # a recording settles this many times longer than a check
 # it is caught (benchmarks/verdicts.py, row (d)). Recordings are not extended by default: a
 # recording pays it on every stack, a check only where the evidence is not yet clear.
 CHECK_SETTLE_S = 30.0
+# Without --sdopt-settle, a recording that a speed gate will read measures until its figure has an
+# interval of its own (MIN_INTERVAL_SAMPLES runs over MIN_INTERVAL_SPAN_S s of steps: ~12-15 s on
+# `tiny`), for at most this long. Every later check is judged against it: recorded from 3 runs, a
+# figure's range was up to +-10% and a 50% slowdown (-33% it/s) read -30.7% +- 10.2% against a 25%
+# limit, inconclusive (benchmarks/verdicts.py, row (d)).
+RECORDING_SETTLE_S = 60.0
 
 
 def settle(measure_once: Callable[[], None], budget_s: float, measuring_since: float,
@@ -86,6 +93,17 @@ def settle(measure_once: Callable[[], None], budget_s: float, measuring_since: f
         if good_enough is not None and good_enough():
             break
     return Settled(calls, clock() - started, reason if calls else "")
+
+
+def settle_recording(measure_once: Callable[[], None], measuring_since: float, has_interval: Callable[[], bool],
+                     clock: Callable[[], float] = time.monotonic) -> Settled:
+    """A recording without --sdopt-settle: more measured calls until `has_interval()` (the figure has
+    an interval of its own), within RECORDING_SETTLE_S counted from `measuring_since`."""
+    started, calls = clock(), 0
+    while not has_interval() and clock() - measuring_since < RECORDING_SETTLE_S:
+        measure_once()
+        calls += 1
+    return Settled(calls, clock() - started, "recording" if calls else "")
 
 
 def drop(its_now: float, its_before: float) -> float:

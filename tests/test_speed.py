@@ -9,7 +9,8 @@ import pytest
 
 from pytest_sdopt.fixture import release_memory, watch
 from pytest_sdopt.machine import REFERENCE_NAME
-from pytest_sdopt.speed import RECORDING_FACTOR, Settled, best_its, call_its, drop, settle, stored_best_its
+from pytest_sdopt.speed import (MIN_INTERVAL_SAMPLES, MIN_INTERVAL_SPAN_S, RECORDING_FACTOR, Settled, best_its, call_its,
+                                 drop, settle, stored_best_its)
 
 
 def test_a_calls_speed_is_its_median_step_so_one_stray_step_does_not_move_it():
@@ -166,14 +167,23 @@ def test_settling_passes_a_slow_first_reading_and_confirms_a_lasting_slowdown(ru
                                  "*confirmed: * more runs over * s (--sdopt-settle)*"])
 
 
-def test_a_check_settles_by_default_and_a_recording_does_not(run_sdopt, pytester, fake_timing):
-    """Without --sdopt-settle: a recording keeps its measured runs; a check whose first readings do
-    not surely pass re-measures (up to CHECK_SETTLE_S) until they do, so a slow start is not a verdict."""
+def test_by_default_a_recording_measures_until_its_interval_and_a_check_settles(run_sdopt, pytester, fake_timing):
+    """Without --sdopt-settle: a recording that max_its_drop will read measures until its figure has an
+    interval of its own (8 runs over 10 s of steps), one the gate is off for keeps its runs; a check
+    whose first readings do not surely pass re-measures (up to CHECK_SETTLE_S) until they do."""
     options = ("--sdopt-repeats", "2", "--sdopt-warmup", "1", "--sdopt-max-its-drop", "10%")
-    fake_timing(0.5, 0.004)
+
+    def stored_entry():
+        return next(iter(json.loads(next(pytester.path.glob("baselines/tiny/*/fp32.json")).read_text())["metrics"].values()))
+
+    fake_timing(0.5, 0.004)  # 1 s of (fake) steps per call: 10 s of steps after 10 calls
+    run_sdopt(SETTLED, "--sdopt-update-baselines", *options, "--sdopt-max-its-drop", "off").assert_outcomes(passed=1)
+    assert stored_entry()["repeats"] == 2  # no speed gate to read it: not extended
     run_sdopt(SETTLED, "--sdopt-update-baselines", *options).assert_outcomes(passed=1)
-    entry = next(iter(json.loads(next(pytester.path.glob("baselines/tiny/*/fp32.json")).read_text())["metrics"].values()))
-    assert entry["repeats"] == 2  # not extended
+    entry = stored_entry()
+    # Until its interval existed (8 runs; by then over 10 s of fake steps), and no longer.
+    assert entry["repeats"] == MIN_INTERVAL_SAMPLES and entry["measured_span_s"] >= MIN_INTERVAL_SPAN_S
+    assert entry["machine_relative_spread"] == pytest.approx(0.015)  # identical readings: the session floor
 
     fake_timing([5.0, 5.0, 0.5], 0.004)  # the first two measured calls ten times slower, then as recorded
     result = run_sdopt(SETTLED, "--sdopt-json", "out.json", *options)
@@ -258,3 +268,16 @@ def test_cpu_threads_apply_to_the_whole_run_and_a_speed_stored_with_others_is_no
     assert its_drop["detail"].startswith("stored with 1 thread, this run used 2 threads: speeds measured with other "
                                          "thread counts do not compare (record again with --sdopt-cpu-threads 2")
     assert [g["status"] for g in gates if g["gate"] == "max_memory_growth"] == ["pass"]
+
+
+def test_a_default_recording_stops_once_its_figure_has_an_interval_or_at_its_budget():
+    from pytest_sdopt.speed import RECORDING_SETTLE_S, settle_recording
+
+    clock = FakeClock([5.0])
+    calls = []
+    settled = settle_recording(lambda: calls.append(clock.measure_once()), 0.0, lambda: len(calls) >= 5, clock=clock)
+    assert settled.calls == 5 and settled.reason == "recording"
+    assert settle_recording(clock.measure_once, 0.0, lambda: True, clock=clock) == Settled()  # already has one
+    clock.now = 0.0
+    never = settle_recording(clock.measure_once, 0.0, lambda: False, clock=clock)
+    assert never.calls == RECORDING_SETTLE_S and clock.now == RECORDING_SETTLE_S  # the budget (1 s a call), then it stops
