@@ -231,7 +231,9 @@ def test_hostile_parametrize_ids_stay_inside_the_results_dir(run_sdopt, pytester
         assert sorted(path.name for path in folder.iterdir()) == ["actual.png", "baseline.png", "diff.png"]
         assert folder.parent.parent == results_dir and len(folder.parent.name) <= 150
     # and the failure messages point at those files
-    shown = re.findall(r"(?:actual|baseline|diff): +(\S+\.png)", result.stdout.str())
+    # (in the failures section: where CI is set, pytest's short summary repeats each whole message)
+    failures = result.stdout.str().split("short test summary info")[0]
+    shown = re.findall(r"(?:actual|baseline|diff): +(\S+\.png)", failures)
     assert len(shown) == 3 * len(ids)
     assert {(pytester.path / path).resolve() for path in shown} == {path.resolve() for path in images}
 
