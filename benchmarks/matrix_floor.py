@@ -28,7 +28,7 @@ TARGET = 1.25
 START = "import torch, diffusers"
 # Without a results folder, sd15-random is built in memory and not saved: the floor's one load. With
 # one (--results-dir), the floor loads what the matrix loads: the weights saved under DIR/models.
-LOAD = "from pytest_sdopt.models import resolve_model; resolve_model({model!r}, cache={cache!r}).load()"
+LOAD = "from pytest_sdopt.models.sources import resolve_model; resolve_model({model!r}, cache={cache!r}).load()"
 
 
 def run_matrix(model: str, extra: list[str], results_dir: str | None, keep: str | None) -> tuple[float, list[dict]]:

@@ -40,10 +40,10 @@ VRAM_TARGET = 0.02
 CHILD = r"""
 import json, sys, torch
 from pathlib import Path
-from pytest_sdopt.devices import resolve_device
-from pytest_sdopt.models import resolve_model
-from pytest_sdopt.optimizations import parse_stack
-from pytest_sdopt.runner import Runner, call_kwargs
+from pytest_sdopt.measure.devices import resolve_device
+from pytest_sdopt.models.sources import resolve_model
+from pytest_sdopt.stacks import parse_stack
+from pytest_sdopt.measure.runner import Runner, call_kwargs
 
 model, stack_name, mode, cache = sys.argv[1:5]
 source = resolve_model(model, cache=Path(cache) if cache else None)

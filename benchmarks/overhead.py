@@ -35,13 +35,13 @@ def measure(pairs: int = 21, stacks: str | None = None, model: str = "tiny",
     on_path()
     import torch
 
-    from pytest_sdopt.devices import resolve_device
-    from pytest_sdopt.environment import describe
-    from pytest_sdopt.errors import StackUnsupported
-    from pytest_sdopt.fixture import release_memory, watch
-    from pytest_sdopt.models import resolve_model
-    from pytest_sdopt.optimizations import REGISTRY, parse_stack
-    from pytest_sdopt.runner import Runner, call_kwargs
+    from pytest_sdopt.measure.devices import resolve_device
+    from pytest_sdopt.measure.environment import describe
+    from pytest_sdopt.core.errors import StackUnsupported
+    from pytest_sdopt.measure.cleanup import release_memory, watch
+    from pytest_sdopt.models.sources import resolve_model
+    from pytest_sdopt.stacks import REGISTRY, parse_stack
+    from pytest_sdopt.measure.runner import Runner, call_kwargs
 
     source = resolve_model(model, cache=Path(model_cache) if model_cache else None)
     device = resolve_device("auto")

@@ -30,13 +30,13 @@ import json, statistics, time
 import torch
 import torch.nn.functional as F
 torch.set_num_threads(1)
-from pytest_sdopt.devices import resolve_device
-from pytest_sdopt.environment import describe
-from pytest_sdopt.machine import ReferenceWorkload
-from pytest_sdopt.models import resolve_model
-from pytest_sdopt.optimizations import parse_stack
-from pytest_sdopt.runner import Runner
-from pytest_sdopt.speed import call_its
+from pytest_sdopt.measure.devices import resolve_device
+from pytest_sdopt.measure.environment import describe
+from pytest_sdopt.measure.machine import ReferenceWorkload
+from pytest_sdopt.models.sources import resolve_model
+from pytest_sdopt.stacks import parse_stack
+from pytest_sdopt.measure.runner import Runner
+from pytest_sdopt.measure.figures import call_its
 
 generator = torch.Generator().manual_seed(0)
 weights = [torch.randn(*shape, generator=generator) * 0.05 for shape in ((32, 32, 3, 3), (64, 64, 3, 3))]

@@ -83,10 +83,10 @@ os.environ["SDOPT_SLOWDOWN"] = sys.argv[1]
 injection = {}
 exec(CONFTEST, injection)
 import torch
-from pytest_sdopt.devices import intra_op_threads
-from pytest_sdopt.models import resolve_model
-from pytest_sdopt.optimizations import parse_stack
-from pytest_sdopt.runner import Runner
+from pytest_sdopt.measure.devices import intra_op_threads
+from pytest_sdopt.models.sources import resolve_model
+from pytest_sdopt.stacks import parse_stack
+from pytest_sdopt.measure.runner import Runner
 
 source = resolve_model("tiny")
 scenario = source.scenario("cpu")

@@ -16,13 +16,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pytest_sdopt.devices import resolve_device  # noqa: E402
-from pytest_sdopt.environment import describe  # noqa: E402
-from pytest_sdopt.models import resolve_model  # noqa: E402
-from pytest_sdopt.optimizations import REGISTRY, parse_stack  # noqa: E402
-from pytest_sdopt.parsing import parse_image_size  # noqa: E402
-from pytest_sdopt.runner import run_pipeline  # noqa: E402
-from pytest_sdopt.scenario import Measurement  # noqa: E402
+from pytest_sdopt.measure.devices import resolve_device  # noqa: E402
+from pytest_sdopt.measure.environment import describe  # noqa: E402
+from pytest_sdopt.models.sources import resolve_model  # noqa: E402
+from pytest_sdopt.stacks import REGISTRY, parse_stack  # noqa: E402
+from pytest_sdopt.config.parsers import parse_image_size  # noqa: E402
+from pytest_sdopt.measure.runner import run_pipeline  # noqa: E402
+from pytest_sdopt.config.scenario import Measurement  # noqa: E402
 
 
 def main() -> None:

@@ -6,6 +6,7 @@ plugin. Importing it does not import torch or diffusers.
 """
 
 from pytest_sdopt.plugin import (
+    pytest_addhooks,
     pytest_addoption,
     pytest_collection_modifyitems,
     pytest_configure,
@@ -18,6 +19,6 @@ from pytest_sdopt.plugin import (
 )
 
 __version__ = "0.1.0"
-__all__ = ["pytest_addoption", "pytest_collection_modifyitems", "pytest_configure", "pytest_ignore_collect",
+__all__ = ["pytest_addhooks", "pytest_addoption", "pytest_collection_modifyitems", "pytest_configure", "pytest_ignore_collect",
            "pytest_report_header", "pytest_sessionfinish", "pytest_terminal_summary", "pytest_testnodedown", "sdopt",
            "__version__"]

@@ -11,10 +11,11 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from pytest_sdopt.compare import DEFAULT_THRESHOLDS, ComparisonError, compare_results, comparison_rows
-from pytest_sdopt.errors import SdoptUsageError
-from pytest_sdopt.parsing import THRESHOLD_METRICS, parse_threshold
-from pytest_sdopt.report import ResultsError, load_results
+from pytest_sdopt.results.compare import DEFAULT_THRESHOLDS, ComparisonError, compare_results, comparison_rows
+from pytest_sdopt.core.errors import SdoptUsageError
+from pytest_sdopt.core.files import atomic_write_text
+from pytest_sdopt.config.parsers import THRESHOLD_METRICS, parse_threshold
+from pytest_sdopt.results.report import ResultsError, load_results
 
 EXIT_OK, EXIT_REGRESSION, EXIT_BAD_INPUT = 0, 1, 2
 
@@ -57,10 +58,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     regressed = [row for row in rows if row.regressions or (args.strict and row.inconclusive)]
     undecided = [row for row in rows if row.inconclusive]
     if args.html:
-        from pytest_sdopt.html_report import comparison_page
+        from pytest_sdopt.results.html_report import comparison_page
 
         args.html.parent.mkdir(parents=True, exist_ok=True)
-        args.html.write_text(comparison_page(rows, header, body, str(old_path), str(new_path)), encoding="utf-8")
+        atomic_write_text(args.html, comparison_page(rows, header, body, str(old_path), str(new_path)))
         print(f"comparison page: {args.html}")
     if undecided:
         print(f"{len(undecided)} of {len(rows)} stacks inconclusive{' (--strict: a failure)' if args.strict else ''}: "

@@ -13,7 +13,8 @@ from typing import Any
 
 import pytest
 
-from pytest_sdopt.session import SdoptSession
+from pytest_sdopt.config.settings import ALL
+from pytest_sdopt.harness.session import SdoptSession
 
 MATRIX = "sdopt-matrix"
 
@@ -48,9 +49,13 @@ class MatrixItem(pytest.Item):
 
 
 def matrix_items(session: pytest.Session, sdopt_session: SdoptSession) -> list[MatrixItem]:
-    stacks = sdopt_session.settings["matrix"]
+    stacks = sdopt_session.settings.matrix
     if not stacks:
         return []
+    if stacks == (ALL,):  # every registered optimization, those a plugin registered included
+        from pytest_sdopt.stacks import REGISTRY
+
+        stacks = tuple(REGISTRY)
     collector = MatrixCollector.from_parent(session, name=MATRIX, nodeid=MATRIX,
                                             path=Path(session.config.rootpath) / MATRIX,
                                             sdopt_session=sdopt_session, stacks=tuple(stacks))

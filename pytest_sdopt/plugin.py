@@ -10,15 +10,15 @@ Measured by benchmarks/import_cost.py.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 import pytest
 
-from pytest_sdopt.errors import SdoptUsageError
-from pytest_sdopt.settings import MARKER_KEYWORDS, SessionSettings, add_options
+from pytest_sdopt.core.errors import SdoptUsageError
+from pytest_sdopt.config.settings import MARKER_KEYWORDS, SessionSettings, add_options
 
 if TYPE_CHECKING:
-    from pytest_sdopt.session import SdoptSession
+    from pytest_sdopt.harness.session import SdoptSession
 
 SETTINGS_KEY = pytest.StashKey[SessionSettings]()
 SESSION_KEY = pytest.StashKey["SdoptSession"]()
@@ -28,7 +28,7 @@ def sdopt_session(config: pytest.Config) -> "SdoptSession":
     """The session's SdoptSession, made on first use (a session with no sdopt tests never makes one)."""
     session = config.stash.get(SESSION_KEY, None)
     if session is None:
-        from pytest_sdopt.session import SdoptSession
+        from pytest_sdopt.harness.session import SdoptSession
 
         session = config.stash[SESSION_KEY] = SdoptSession(config.stash[SETTINGS_KEY])
     return session
@@ -38,13 +38,20 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     add_options(parser)
 
 
+def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
+    from pytest_sdopt import hookspecs
+
+    pluginmanager.add_hookspecs(hookspecs)
+
+
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers",
         f"sdopt({', '.join(k + '=...' for k in MARKER_KEYWORDS)}): per-test pytest-sdopt settings.",
     )
     try:
-        settings = SessionSettings.from_config(config)
+        _register_optimizations(config)
+        settings = SessionSettings.from_config(config, stack_name=_stack_name)
     except SdoptUsageError as exc:
         raise pytest.UsageError(f"pytest-sdopt: {exc}") from None
     config.stash[SETTINGS_KEY] = settings
@@ -52,19 +59,53 @@ def pytest_configure(config: pytest.Config) -> None:
     config.add_cleanup(_unfreeze)
 
 
+def _register_optimizations(config: pytest.Config) -> None:
+    """What plugins and conftests declare through pytest_sdopt_register_optimizations (hookspecs.py).
+
+    A historic hook: the plugins and initial conftests loaded by now answer at once, before the
+    settings that name stacks are read; a conftest loaded later (deeper in the tree, during
+    collection) answers as it is loaded. What they add is removed when the session ends, so an
+    in-process session (pytester) never inherits another's optimizations."""
+    added: list[str] = []
+
+    def register_answer(specs: Any) -> None:
+        if not specs:
+            return
+        from pytest_sdopt.stacks import register
+
+        added.extend(register(list(specs), "pytest_sdopt_register_optimizations"))
+
+    def unregister_all() -> None:
+        if added:
+            from pytest_sdopt.stacks import unregister
+
+            unregister(added)
+
+    config.add_cleanup(unregister_all)
+    config.hook.pytest_sdopt_register_optimizations.call_historic(result_callback=register_answer,
+                                                                  kwargs={"config": config})
+
+
+def _stack_name(text: str) -> str:
+    """A stack's canonical name, for the settings that name stacks (imported only when one is given)."""
+    from pytest_sdopt.stacks import parse_stack
+
+    return parse_stack(text).name
+
+
 def pytest_report_header(config: pytest.Config) -> str | None:
     values = config.stash.get(SETTINGS_KEY, None)
     if values is None:
         return None
-    header = f"sdopt: model={values['model']} device={values['device']} baselines={_shown(config, values['baseline-dir'])}"
-    mode = values["update-baselines"]
+    header = f"sdopt: model={values.model} device={values.device} baselines={_shown(config, values.baseline_dir)}"
+    mode = values.update_baselines
     return header + (f" (updating: {mode})" if mode else "")
 
 
 def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
     """`--sdopt-matrix` with no paths given runs the matrix alone, not the repo's whole test suite."""
     settings = config.stash.get(SETTINGS_KEY, None)
-    if settings is not None and settings["matrix"] and config.args_source != pytest.Config.ArgsSource.ARGS:
+    if settings is not None and settings.matrix and config.args_source != pytest.Config.ArgsSource.ARGS:
         return True
     return None
 
@@ -72,7 +113,7 @@ def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool 
 @pytest.hookimpl(tryfirst=True)  # before -k / -m deselection, which then applies to the matrix too
 def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
     settings = config.stash.get(SETTINGS_KEY, None)
-    if settings is not None and settings["matrix"]:
+    if settings is not None and settings.matrix:
         from pytest_sdopt.matrix import matrix_items
 
         items.extend(matrix_items(session, sdopt_session(config)))
@@ -81,8 +122,8 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
 
 def _warn_misspelled_markers(config: pytest.Config, items: list[pytest.Item]) -> None:
     """`@pytest.mark.sdpot(max_vram=...)` is a mark pytest knows nothing of: say which one was meant."""
-    from pytest_sdopt.errors import SdoptWarning
-    from pytest_sdopt.settings import misspelled_marker
+    from pytest_sdopt.core.errors import SdoptWarning
+    from pytest_sdopt.config.settings import misspelled_marker
 
     registered = [line.split(":")[0].split("(")[0].strip() for line in config.getini("markers")]
     for item in items:
@@ -115,9 +156,9 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
             workeroutput["sdopt_entries"] = config.stash[SESSION_KEY].entries()
             workeroutput["sdopt_writes"] = [write.as_dict() for write in config.stash[SESSION_KEY].writes]
         return
-    if SESSION_KEY not in config.stash and not (settings["json"] or settings["html"]):
+    if SESSION_KEY not in config.stash and not (settings.json or settings.html):
         return  # no sdopt test ran and no report was asked for
-    from pytest_sdopt.sinks import write_reports
+    from pytest_sdopt.results.sinks import write_reports
 
     write_reports(sdopt_session(config), version=_version())
 
@@ -129,10 +170,10 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: p
     entries = session.entries()
     writes = session.all_writes()
     if writes:
-        _write_baseline_list(terminalreporter, config, writes, session.settings["update-baselines"])
+        _write_baseline_list(terminalreporter, config, writes, session.settings.update_baselines)
     if not entries:
         return
-    from pytest_sdopt.summary import environment_line, render_table
+    from pytest_sdopt.results.summary import environment_line, render_table
 
     terminalreporter.write_sep("=", "sdopt")
     environment = environment_line(entries)
@@ -142,15 +183,15 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: p
         terminalreporter.write_line(line)
     if any(gate["artifacts"] for entry in entries for gate in entry["gates"] if gate["status"] == "FAIL"):
         terminalreporter.write_line(f"images of failed comparisons: {_shown(config, session.results_dir)}")
-    for name in ("json", "html"):
-        if session.settings[name]:
-            terminalreporter.write_line(f"sdopt {name}: {_shown(config, session.settings[name]).rstrip('/')}")
+    for name, path in (("json", session.settings.json), ("html", session.settings.html)):
+        if path:
+            terminalreporter.write_line(f"sdopt {name}: {_shown(config, path).rstrip('/')}")
 
 
 def _write_baseline_list(terminalreporter: pytest.TerminalReporter, config: pytest.Config, writes: list,
                          mode: str | None) -> None:
     """Every file --sdopt-update-baselines wrote, so no baseline ever changes unseen."""
-    from pytest_sdopt.parsing import shown
+    from pytest_sdopt.config.parsers import shown
 
     terminalreporter.write_sep("=", f"sdopt baselines written (--sdopt-update-baselines={mode})")
     for write in writes:
@@ -161,7 +202,7 @@ def _write_baseline_list(terminalreporter: pytest.TerminalReporter, config: pyte
 
 def _unfreeze() -> None:
     """Nothing of the user's stays out of the cyclic collector's sight after the session (isolation.py)."""
-    from pytest_sdopt.isolation import unfreeze
+    from pytest_sdopt.measure.isolation import unfreeze
 
     unfreeze()
 
@@ -176,7 +217,7 @@ def _version() -> str:
 
 
 def _shown(config: pytest.Config, path: Path) -> str:
-    from pytest_sdopt.parsing import shown
+    from pytest_sdopt.config.parsers import shown
 
     return shown(path, config.invocation_params.dir) + "/"
 

@@ -5,7 +5,7 @@
 
 Some prompts from training and some held out (never captioned in training), each drawn at the
 model's defaults (128x128, 10 steps, its guidance) with two seeds and read back with
-pytest_sdopt.scenes.read_scene; prints the README's table.
+pytest_sdopt.models.scenes.read_scene; prints the README's table.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from pytest_sdopt.scenes import HELD_OUT, Scene, held_out_scenes, read_scene  # noqa: E402
+from pytest_sdopt.models.scenes import HELD_OUT, Scene, held_out_scenes, read_scene  # noqa: E402
 
 TRAINED = ("a yellow triangle on a blue background", "a red circle on a green background",
            "a white triangle on a black background")
@@ -27,7 +27,7 @@ SEEDS = (1, 2)
 def main() -> None:
     import torch
 
-    from pytest_sdopt.models import resolve_model
+    from pytest_sdopt.models.sources import resolve_model
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "tiny")

@@ -124,11 +124,11 @@ part "tiny matrix" "$T_TINY_MATRIX" "SSIM gates against baselines/tiny passed" \
   --sdopt-baseline-dir "$REPO/baselines" --sdopt-results-dir "$RESULTS" --sdopt-json "$FINDINGS/tiny-matrix.json"
 
 part "sd15 build" "$T_SD15_BUILD" "sd15-random saved under the scratch folder" \
-  "$PY" -c "import sys; from pathlib import Path; from pytest_sdopt.architectures import SD15; \
-from pytest_sdopt.models import materialize; print('sd15-random at', materialize(SD15, Path(sys.argv[1])))" \
+  "$PY" -c "import sys; from pathlib import Path; from pytest_sdopt.models.architectures import SD15; \
+from pytest_sdopt.models.sources import materialize; print('sd15-random at', materialize(SD15, Path(sys.argv[1])))" \
   "$RESULTS/models"
 
-SD15_STACKS=$("$PY" -c "from pytest_sdopt.optimizations import REGISTRY; print(','.join(n for n in REGISTRY if n != 'compile'))")
+SD15_STACKS=$("$PY" -c "from pytest_sdopt.stacks import REGISTRY; print(','.join(n for n in REGISTRY if n != 'compile'))")
 part "sd15 matrix" "$T_SD15_MATRIX" "512x512, 10 steps; SSIM recorded, not gated" \
   "$PY" -m pytest -p pytest_sdopt -p no:cacheprovider -q -rs --sdopt-model sd15-random --sdopt-device cuda \
   "--sdopt-matrix=$SD15_STACKS" --sdopt-steps 10 --sdopt-repeats 1 --sdopt-warmup 1 --sdopt-min-ssim 0 \

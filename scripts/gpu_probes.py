@@ -123,7 +123,7 @@ def record(out: Path, name: str, section: dict[str, Any]) -> None:
 
 def model(work: Path) -> Any:
     """MODEL as the plugin resolves it, sd15-random's weights saved under WORK/results/models."""
-    from pytest_sdopt.models import resolve_model
+    from pytest_sdopt.models.sources import resolve_model
 
     return resolve_model(MODEL, cache=work / "results" / "models")
 
@@ -136,7 +136,7 @@ def gpu() -> Any:
 
 def pipeline(source: Any, stack: str, device: Any) -> Any:
     """A fresh pipeline of `source` with `stack` applied by the plugin's registry, placed on `device`."""
-    from pytest_sdopt.optimizations import parse_stack
+    from pytest_sdopt.stacks import parse_stack
 
     pipe = source.load()
     parse_stack(stack).apply(pipe, device)
@@ -157,7 +157,7 @@ def call(pipe: Any, source: Any, size: int, steps: int, guidance: float, **extra
 
 def peak_bytes(device: Any, work: Callable[..., Any], *args: Any, **kwargs: Any) -> tuple[Any, dict[str, int]]:
     """`work(*args, **kwargs)`'s result and the allocator's peaks during it (the plugin's CudaMemoryTracker)."""
-    from pytest_sdopt.memory import CudaMemoryTracker
+    from pytest_sdopt.measure.memory import CudaMemoryTracker
 
     tracker = CudaMemoryTracker(device, cuda=CUDA)
     tracker.start()
@@ -169,7 +169,7 @@ def peak_bytes(device: Any, work: Callable[..., Any], *args: Any, **kwargs: Any)
 
 
 def synchronize(device: Any) -> None:
-    from pytest_sdopt.devices import synchronize as wait
+    from pytest_sdopt.measure.devices import synchronize as wait
 
     wait(device)
 
@@ -198,7 +198,7 @@ def probe_precision(work: Path) -> dict[str, Any]:
     import torch
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    from pytest_sdopt.similarity import compare
+    from pytest_sdopt.checks.similarity import compare
 
     device = gpu()
     source = model(work)
@@ -309,7 +309,7 @@ def probe_sdpa(work: Path) -> dict[str, Any]:
     attention ops and the CUDA kernels the profiler saw in a 2-step call, and the peak VRAM and
     seconds of a SDPA_STEPS-step call, for diffusers' default processors and for the explicit `sdpa`
     stack (in the H200's matrix it ran at 0.65x fp32's speed with 0.87 GB more)."""
-    from pytest_sdopt.errors import StackUnsupported
+    from pytest_sdopt.core.errors import StackUnsupported
 
     device = gpu()
     source = model(work)
@@ -405,7 +405,7 @@ def probe_vae_tiling(work: Path) -> dict[str, Any]:
     """fp16 at 1024x1024 (4 steps; denoising memory does not grow with steps), with and without
     vae_tiling: the allocator's peak while denoising and while decoding (tiling acts on the decode).
     Published, SD 1.5 on an RTX 3090 (whole process): 7.6 GB untiled, 5.1 GB tiled."""
-    from pytest_sdopt.similarity import compare
+    from pytest_sdopt.checks.similarity import compare
 
     device = gpu()
     source = model(work)
@@ -489,7 +489,7 @@ def probe_lines(path: Path) -> list[str]:
 
 def environment(out: Path) -> list[str]:
     """The versions and device the matrices ran on, as the plugin's table heads them."""
-    from pytest_sdopt.summary import environment_line
+    from pytest_sdopt.results.summary import environment_line
 
     lines = []
     for name in ("tiny-matrix.json", "sd15-random-matrix.json"):

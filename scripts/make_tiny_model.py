@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Train the embedded `tiny` model and write it to pytest_sdopt/embedded/tiny/.
+"""Train the embedded `tiny` model and write it to pytest_sdopt/models/embedded/tiny/.
 
     python scripts/make_tiny_model.py               # train (~1 h on 2 CPU cores) and rewrite the shipped files
     python scripts/make_tiny_model.py --out DIR     # write elsewhere
@@ -32,7 +32,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from pytest_sdopt.architectures import TINY, build_components  # noqa: E402
+from pytest_sdopt.models.architectures import TINY, build_components  # noqa: E402
 
 if TYPE_CHECKING:
     from train_tiny import Recipe

@@ -22,8 +22,8 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pytest_sdopt.architectures import SD15_SCHEDULER  # noqa: E402
-from pytest_sdopt.scenes import Scene, draw, training_scenes  # noqa: E402
+from pytest_sdopt.models.architectures import SD15_SCHEDULER  # noqa: E402
+from pytest_sdopt.models.scenes import Scene, draw, training_scenes  # noqa: E402
 
 SIZE = 128  # the model's default image size: the UNet learns where things go at this size
 

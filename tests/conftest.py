@@ -36,7 +36,7 @@ def _keep_heavy_modules(monkeypatch):
     monkeypatch.setattr(_pytest.pytester, "SysModulesSnapshot", _KeepHeavyModules)
 
 
-from pytest_sdopt.models import TINY_DIR
+from pytest_sdopt.models.sources import TINY_DIR
 
 # Small and quick: 64x64 (8x8 latents), 2 steps (3 PNDM iterations), one measured run. The gates
 # relative to stored speed and memory are off: one unwarmed run on a shared 2-core machine varies
@@ -98,8 +98,8 @@ import os
 
 import pytest
 
-from pytest_sdopt.machine import ReferenceWorkload
-from pytest_sdopt.runner import StepClock
+from pytest_sdopt.measure.machine import ReferenceWorkload
+from pytest_sdopt.measure.runner import StepClock
 
 
 def _series(name):

@@ -100,8 +100,8 @@ def test_a_read_only_folder_is_refused_at_start_up(tmp_path, monkeypatch):
     """Run as root, permissions do not stop a write, so the check's answer is faked at os.access."""
     import os
 
-    from pytest_sdopt.errors import SdoptUsageError
-    from pytest_sdopt.settings import _check_writable
+    from pytest_sdopt.core.errors import SdoptUsageError
+    from pytest_sdopt.config.settings import _check_writable
 
     monkeypatch.setattr(os, "access", lambda path, mode: False)
     with pytest.raises(SdoptUsageError, match=r"--sdopt-json '.*out' is not writable here \('.*' is read-only to "
@@ -177,7 +177,7 @@ def test_a_misspelt_sdopt_mark_is_a_warning_naming_sdopt(pytester):
 
 
 def test_the_misspelling_check_knows_sdopt_from_other_marks():
-    from pytest_sdopt.settings import misspelled_marker
+    from pytest_sdopt.config.settings import misspelled_marker
 
     for typo in ("sdpot", "sdop", "sd_opt", "sdopts", "Sdopt"):
         assert misspelled_marker([typo], []) == typo

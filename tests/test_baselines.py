@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pytest_sdopt.baselines import BaselineError, BaselineStore, fingerprint, model_key, scenario_key
-from pytest_sdopt.scenario import Scenario
-from pytest_sdopt.speed import SpeedFigure
+from pytest_sdopt.checks.baselines import BaselineError, BaselineStore, fingerprint, model_key, scenario_key
+from pytest_sdopt.config.scenario import Scenario
+from pytest_sdopt.measure.figures import SpeedFigure
 
 SCENARIO = Scenario("tiny", "cpu", "a red circle", 1, (64, 48), 2, 7.5)
 ENV = {"device_name": "AMD EPYC", "torch": "2.13.0+cpu", "diffusers": "0.42.1"}

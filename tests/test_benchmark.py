@@ -15,7 +15,7 @@ def _not_an_xdist_worker(monkeypatch):
 SOURCE = """
     import time
     import pytest
-    from pytest_sdopt.runner import StepClock
+    from pytest_sdopt.measure.runner import StepClock
 
     @pytest.fixture
     def slow(request, monkeypatch):

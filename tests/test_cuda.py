@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from pytest_sdopt.memory import CudaMemoryTracker, NvmlProcessTracker, nvml_handle, open_nvml
-from pytest_sdopt.optimizations import REGISTRY
+from pytest_sdopt.measure.memory import CudaMemoryTracker, NvmlProcessTracker, nvml_handle, open_nvml
+from pytest_sdopt.stacks import REGISTRY
 
 pytestmark = pytest.mark.cuda
 
@@ -112,7 +112,7 @@ def test_the_offload_stacks_run_on_the_embedded_model_on_cuda_and_draw_fp32s_ima
     result = run_sdopt(f"""
         import pytest
 
-        from pytest_sdopt.similarity import compare
+        from pytest_sdopt.checks.similarity import compare
 
         @pytest.mark.parametrize("stack", {list(OFFLOADS)!r})
         def test_offload(sdopt, stack):

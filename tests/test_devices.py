@@ -3,8 +3,8 @@ gets a GPU of its own, and more workers than GPUs is refused unless sharing is a
 
 import pytest
 
-from pytest_sdopt.devices import resolve_device, xdist_worker
-from pytest_sdopt.errors import SdoptUsageError
+from pytest_sdopt.measure.devices import resolve_device, xdist_worker
+from pytest_sdopt.core.errors import SdoptUsageError
 
 
 class FakeCuda:

@@ -18,10 +18,11 @@ import torch
 from diffusers import StableDiffusionPipeline, UNet2DConditionModel
 from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0, XFormersAttnProcessor
 
-from pytest_sdopt.errors import StackUnsupported
-from pytest_sdopt.models import resolve_model
-from pytest_sdopt.optimizations import REGISTRY, parse_stack, tome_merging_blocks
-from pytest_sdopt.settings import REFERENCE
+from pytest_sdopt.core.errors import StackUnsupported
+from pytest_sdopt.models.sources import resolve_model
+from pytest_sdopt.stacks import REGISTRY, parse_stack
+from pytest_sdopt.stacks.token_merging import tome_merging_blocks
+from pytest_sdopt.config.defaults import REFERENCE
 
 CPU = torch.device("cpu")
 TOME_AT_TOP_ONLY = ("tome changed nothing on this model: no attention at its highest resolution, where tomesd "

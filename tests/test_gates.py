@@ -6,10 +6,10 @@ from types import SimpleNamespace
 
 import pytest
 
-from pytest_sdopt import gates
-from pytest_sdopt.gates import ReferenceComparison, Status, StoredMetrics
-from pytest_sdopt.machine import REFERENCE_NAME
-from pytest_sdopt.speed import SpeedFigure, spread_of
+from pytest_sdopt.checks import gates
+from pytest_sdopt.checks.gates import ReferenceComparison, Status, StoredMetrics
+from pytest_sdopt.measure.machine import REFERENCE_NAME
+from pytest_sdopt.measure.figures import SpeedFigure, spread_of
 
 GB = 10**9
 
@@ -177,7 +177,7 @@ def test_figures_recorded_before_the_reference_existed_compare_the_best_run():
 
 
 def test_the_machine_relative_figure_is_the_median_over_calls_and_needs_a_reference_for_each():
-    from pytest_sdopt.machine import machine_relative_its
+    from pytest_sdopt.measure.figures import machine_relative_its
 
     assert machine_relative_its([[0.02] * 4, [0.04] * 4, [0.02] * 4], [0.001, 0.002, 0.003]) == pytest.approx(0.05)
     assert machine_relative_its([[0.02] * 4], []) is None
@@ -188,8 +188,8 @@ def test_the_reference_workload_is_fixed_and_fast():
     import torch
     from diffusers import UNet2DConditionModel
 
-    from pytest_sdopt.machine import ReferenceWorkload
-    from pytest_sdopt.models import TINY_DIR
+    from pytest_sdopt.measure.machine import ReferenceWorkload
+    from pytest_sdopt.models.sources import TINY_DIR
 
     first = ReferenceWorkload()
     torch.manual_seed(1234)
@@ -218,7 +218,8 @@ def test_the_reference_workload_is_fixed_and_fast():
 
 
 def test_settling_stops_only_once_a_machine_relative_reading_is_surely_within_the_limit():
-    from pytest_sdopt.speed import MIN_INTERVAL_SPAN_S, SpeedFigure, Verdict, judge_speed
+    from pytest_sdopt.measure.figures import MIN_INTERVAL_SPAN_S, SpeedFigure
+    from pytest_sdopt.checks.speed import Verdict, judge_speed
 
     stored = SpeedFigure.stored({"machine_relative_its": 1.0, "machine_reference": REFERENCE_NAME, "its": 1.0,
                                  "repeats": 50, "machine_relative_spread": 0.005})

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from pytest_sdopt import isolation
+from pytest_sdopt.measure import isolation
 
 RNG = """
 import random

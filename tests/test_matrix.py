@@ -5,9 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from pytest_sdopt.baselines import BaselineStore
-from pytest_sdopt.models import resolve_model
-from pytest_sdopt.optimizations import REGISTRY
+from pytest_sdopt.checks.baselines import BaselineStore
+from pytest_sdopt.models.sources import resolve_model
+from pytest_sdopt.stacks import REGISTRY
 from tests.conftest import CPU_STACKS, FAST
 
 REPO = Path(__file__).resolve().parent.parent

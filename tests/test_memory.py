@@ -9,12 +9,11 @@ import psutil
 import pytest
 import torch
 
-from pytest_sdopt.memory import (CudaMemoryTracker, HostMemoryTracker, NvmlProcessTracker, high_water_mark,
-                                 nvml_handle, restart_high_water_marks)
-from pytest_sdopt.models import resolve_model
-from pytest_sdopt.optimizations import parse_stack
-from pytest_sdopt.runner import run_pipeline
-from pytest_sdopt.scenario import Measurement, Scenario
+from pytest_sdopt.measure.memory import (CudaMemoryTracker, HostMemoryTracker, NvmlProcessTracker, high_water_mark, nvml_handle, restart_high_water_marks)
+from pytest_sdopt.models.sources import resolve_model
+from pytest_sdopt.stacks import parse_stack
+from pytest_sdopt.measure.runner import run_pipeline
+from pytest_sdopt.config.scenario import Measurement, Scenario
 
 MB = 10**6
 BALLAST = 256 * MB

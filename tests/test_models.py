@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from pytest_sdopt.architectures import SD15, TINY, build_components
-from pytest_sdopt.errors import SdoptUsageError
-from pytest_sdopt.models import TINY_DIR, resolve_model
+from pytest_sdopt.models.architectures import SD15, TINY, build_components
+from pytest_sdopt.core.errors import SdoptUsageError
+from pytest_sdopt.models.sources import TINY_DIR, resolve_model
 from tests.conftest import FAST
 
 REPO = Path(__file__).resolve().parent.parent
@@ -139,8 +139,8 @@ def test_a_random_model_is_built_once_then_loaded_from_its_saved_weights(tmp_pat
     """sd15-random's path, on the tiny architecture: built on the CPU, saved, then every load reads the files."""
     import torch
 
-    from pytest_sdopt import models
-    from pytest_sdopt.architectures import TINY
+    from pytest_sdopt.models.sources import sources as models
+    from pytest_sdopt.models.architectures import TINY
 
     stale = tmp_path / "tiny-seed0-torch1.0-diffusers0.1-transformers4.0"
     stale.mkdir()  # another version's copy: replaced, so the cache holds one
@@ -172,7 +172,7 @@ def test_prompt(sdopt):
 
 
 def test_a_run_draws_the_models_own_prompt_unless_one_is_set(run_sdopt, tiny_copy):
-    from pytest_sdopt.settings import DEFAULT_PROMPT
+    from pytest_sdopt.config.defaults import DEFAULT_PROMPT
 
     tiny = resolve_model("tiny")
     made = json.loads((TINY_DIR / "sdopt_model.json").read_text())

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pytest_sdopt.settings import SETTINGS
+from pytest_sdopt.config.settings import SETTINGS
 from tests.conftest import FAST
 
 REPO = Path(__file__).resolve().parent.parent

@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 import torch
 
-from pytest_sdopt.clocks import CudaEventMarks
-from pytest_sdopt.models import resolve_model
-from pytest_sdopt.offload import keep_unet_resident
-from pytest_sdopt.runner import StepClock
+from pytest_sdopt.measure.clocks import CudaEventMarks
+from pytest_sdopt.models.sources import resolve_model
+from pytest_sdopt.stacks.offload import keep_unet_resident
+from pytest_sdopt.measure.runner import StepClock
 
 EXEC, IDLE = torch.device("cpu"), "cpu"  # same place, told apart by type: the boundary we fake
 

@@ -4,9 +4,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pytest_sdopt.errors import SdoptUsageError
-from pytest_sdopt.parsing import (format_bytes, parse_byte_size, parse_float, parse_fraction, parse_image_size, parse_int,
-                                  parse_ssim, parse_threshold)
+from pytest_sdopt.core.errors import SdoptUsageError
+from pytest_sdopt.config.parsers import (format_bytes, parse_byte_size, parse_float, parse_fraction, parse_image_size, parse_int, parse_ssim, parse_threshold)
 
 
 @pytest.mark.parametrize("value, expected", [

@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from PIL import Image
 
-from pytest_sdopt.similarity import artifact_folder
+from pytest_sdopt.checks.similarity import artifact_folder
 from tests.conftest import FAST
 
 
@@ -20,7 +20,7 @@ def test_out_of_memory_fails_its_own_test_frees_everything_and_the_next_test_run
         import pytest
         import torch
         from diffusers import DiffusionPipeline
-        from pytest_sdopt.runner import StepClock
+        from pytest_sdopt.measure.runner import StepClock
 
         def test_a_stack_too_big(sdopt, monkeypatch):
             def out_of_memory(self, *args):
@@ -46,7 +46,7 @@ def test_out_of_memory_fails_its_own_test_frees_everything_and_the_next_test_run
 def test_out_of_memory_is_torchs_error_the_cpu_allocators_or_pythons_and_nothing_else():
     import torch
 
-    from pytest_sdopt.errors import is_out_of_memory
+    from pytest_sdopt.core.errors import is_out_of_memory
 
     try:
         torch.empty(2 ** 62, dtype=torch.uint8)  # more than any address space: the CPU allocator refuses it

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pytest_sdopt.report import SCHEMA_FILE, load_results
+from pytest_sdopt.results.report import SCHEMA_FILE, load_results
 from tests.conftest import FAST
 
 SOURCE = """

@@ -8,8 +8,7 @@ import random
 import numpy as np
 import pytest
 
-from pytest_sdopt.scenes import (CLEAR, COLOURS, CORE, HELD_OUT, JITTER, RADIUS, SHAPES, Scene, all_scenes, draw,
-                                 held_out_scenes, read_scene, regions, training_scenes)
+from pytest_sdopt.models.scenes import (CLEAR, COLOURS, CORE, HELD_OUT, JITTER, RADIUS, SHAPES, Scene, all_scenes, draw, held_out_scenes, read_scene, regions, training_scenes)
 
 
 def test_every_caption_reads_back_as_its_scene():

@@ -143,15 +143,15 @@ def test_bad_gate_values_are_usage_errors_at_start_up(pytester, option, value, m
 
 
 def _session(**values):
-    from pytest_sdopt.settings import SETTINGS, SessionSettings
+    from pytest_sdopt.config.settings import SETTINGS, SessionSettings
 
     defaults = {setting.name: setting.default for setting in SETTINGS}
     return SessionSettings({**defaults, **values})
 
 
 def test_gate_defaults_come_from_the_stack_and_the_device():
-    from pytest_sdopt.settings import OFF
-    from pytest_sdopt.settings import resolve_gates
+    from pytest_sdopt.config.settings import OFF
+    from pytest_sdopt.config.settings import resolve_gates
 
     cuda = resolve_gates(_session(), {}, {}, 0.8, "cuda")
     cpu = resolve_gates(_session(), {}, {}, 0.8, "cpu")

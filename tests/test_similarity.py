@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pytest_sdopt.similarity import ImageSizeMismatch, artifact_folder, compare, diff_image, write_artifacts
+from pytest_sdopt.checks.similarity import ImageSizeMismatch, artifact_folder, compare, diff_image, write_artifacts
 
 RNG = np.random.default_rng(0)
 SMOOTH = np.stack([*np.meshgrid(np.arange(64) * 4, np.arange(64) * 4), np.full((64, 64), 128)], -1).astype(np.uint8)

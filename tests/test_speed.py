@@ -7,10 +7,10 @@ import json
 
 import pytest
 
-from pytest_sdopt.fixture import release_memory, watch
-from pytest_sdopt.machine import REFERENCE_NAME
-from pytest_sdopt.speed import (MIN_INTERVAL_SAMPLES, MIN_INTERVAL_SPAN_S, RECORDING_FACTOR, Settled, best_its, call_its,
-                                 drop, settle, stored_best_its)
+from pytest_sdopt.measure.cleanup import release_memory, watch
+from pytest_sdopt.measure.machine import REFERENCE_NAME
+from pytest_sdopt.measure.figures import (MIN_INTERVAL_SAMPLES, MIN_INTERVAL_SPAN_S, best_its, call_its, drop, stored_best_its)
+from pytest_sdopt.measure.settling import RECORDING_FACTOR, Settled, settle
 
 
 def test_a_calls_speed_is_its_median_step_so_one_stray_step_does_not_move_it():
@@ -85,7 +85,7 @@ class Cycle:
 
 
 def test_a_full_collection_runs_only_when_a_watched_object_outlived_its_release(monkeypatch):
-    from pytest_sdopt import isolation
+    from pytest_sdopt.measure import isolation
 
     monkeypatch.setattr(isolation, "_FROZEN", [True])  # the one-off freeze is the next test's
     calls = []
@@ -105,7 +105,7 @@ def test_a_full_collection_runs_only_when_a_watched_object_outlived_its_release(
 
 
 def test_once_the_first_pipeline_is_gone_what_lives_on_is_frozen_and_later_cycles_are_still_collected(monkeypatch):
-    from pytest_sdopt import isolation
+    from pytest_sdopt.measure import isolation
 
     monkeypatch.setattr(isolation, "_FROZEN", [])
     monkeypatch.setattr(gc, "get_freeze_count", lambda: 0)  # whatever this suite's process froze itself
@@ -202,7 +202,7 @@ def test_by_default_a_recording_measures_until_its_interval_and_a_check_settles(
 def test_cpu_threads_are_set_for_a_cpu_run_and_restored_after_it():
     import torch
 
-    from pytest_sdopt.devices import intra_op_threads
+    from pytest_sdopt.measure.devices import intra_op_threads
 
     before = torch.get_num_threads()
     with intra_op_threads(torch.device("cpu"), 1):
@@ -216,7 +216,7 @@ def test_cpu_threads_are_set_for_a_cpu_run_and_restored_after_it():
 
 
 def test_the_thread_count_is_kept_with_the_figure_not_in_the_fingerprint():
-    from pytest_sdopt.baselines import fingerprint
+    from pytest_sdopt.checks.baselines import fingerprint
 
     env = {"device_name": "AMD EPYC", "torch": "2.13.0+cpu", "diffusers": "0.42.1"}
     assert fingerprint(env) == "AMD EPYC | torch 2.13.0+cpu | diffusers 0.42.1"  # unchanged for existing records
@@ -224,7 +224,7 @@ def test_the_thread_count_is_kept_with_the_figure_not_in_the_fingerprint():
 
 
 def test_a_cpu_run_uses_one_thread_unless_told_otherwise():
-    from pytest_sdopt import devices
+    from pytest_sdopt.measure import devices
 
     assert devices.cpu_threads_for(None) == devices.DEFAULT_CPU_THREADS == 1
     assert devices.cpu_threads_for(2) == 2  # --sdopt-cpu-threads wins
@@ -271,7 +271,7 @@ def test_cpu_threads_apply_to_the_whole_run_and_a_speed_stored_with_others_is_no
 
 
 def test_a_default_recording_stops_once_its_figure_has_an_interval_or_at_its_budget():
-    from pytest_sdopt.speed import RECORDING_SETTLE_S, settle_recording
+    from pytest_sdopt.measure.settling import RECORDING_SETTLE_S, settle_recording
 
     clock = FakeClock([5.0])
     calls = []

@@ -2,8 +2,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pytest_sdopt.errors import SdoptUsageError
-from pytest_sdopt.optimizations import REGISTRY, Phase, parse_stack
+from pytest_sdopt.core.errors import SdoptUsageError
+from pytest_sdopt.stacks import REGISTRY, Phase, parse_stack
 
 
 @pytest.mark.parametrize("text, canonical", [

@@ -2,12 +2,14 @@
 
 from types import SimpleNamespace
 
-from pytest_sdopt.checking import CheckedRun
-from pytest_sdopt.gates import GateLimits, GateOutcome, Status
-from pytest_sdopt.report import run_entry
-from pytest_sdopt.scenario import Scenario
-from pytest_sdopt.speed import Settled, SpeedFigure
-from pytest_sdopt.summary import RunRecord, render_table, table_rows
+from pytest_sdopt.checks.checking import CheckedRun
+from pytest_sdopt.config.scenario import GateLimits
+from pytest_sdopt.checks.gates import GateOutcome, Status
+from pytest_sdopt.results.report import run_entry
+from pytest_sdopt.config.scenario import Scenario
+from pytest_sdopt.measure.settling import Settled
+from pytest_sdopt.measure.figures import SpeedFigure
+from pytest_sdopt.results.summary import RunRecord, render_table, table_rows
 
 SCENARIO = Scenario("tiny", "cuda:0", "p", 1, (64, 64), 2, 7.5)
 

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from pytest_sdopt.models import resolve_model
-from pytest_sdopt.scenes import Scene, held_out_scenes, read_scene, training_scenes
+from pytest_sdopt.models.sources import resolve_model
+from pytest_sdopt.models.scenes import Scene, held_out_scenes, read_scene, training_scenes
 
 SEEDS = (1, 2, 3, 4, 5)
 # Drawn at random, a colour pair would be right about 1 time in 30 and a shape 1 in 3 (13 of 40;
@@ -81,13 +81,12 @@ def test_different_seeds_draw_different_images_of_the_same_prompt(tiny):
     assert np.array_equal(again, images[0])
 
 
-# A stack broken on purpose: cross-attention that ignores the prompt (its keys and values see zeros).
-BROKEN = """
-import pytest
+# A stack broken on purpose: cross-attention that ignores the prompt (its keys and values see zeros),
+# registered as a downstream conftest.py registers its own optimization (hookspecs.py).
+PROMPT_BLIND = """
 import torch
 
-from pytest_sdopt import optimizations
-from pytest_sdopt.optimizations import OptimizationSpec, Phase
+from pytest_sdopt.stacks import Effect, OptimizationSpec, Phase
 
 
 class PromptBlind:
@@ -105,11 +104,17 @@ def blind(pipe, ctx):
     pipe.unet.set_attn_processor(PromptBlind())
 
 
-@pytest.fixture(autouse=True)
-def prompt_blind_attention(monkeypatch):
-    spec = OptimizationSpec("prompt_blind", Phase.ATTENTION, "cross-attention that ignores the prompt", 0.99, blind)
-    monkeypatch.setitem(optimizations.REGISTRY, "prompt_blind", spec)
-    monkeypatch.setitem(optimizations._ORDER, "prompt_blind", len(optimizations._ORDER))
+def processors(pipe):
+    return sorted({type(p).__name__ for p in pipe.unet.attn_processors.values()})
+
+
+def pytest_sdopt_register_optimizations(config):
+    return [OptimizationSpec("prompt_blind", Phase.ATTENTION, "cross-attention that ignores the prompt", 0.99, blind,
+                             effect=Effect(processors, lambda before: f"changed nothing: {before}"))]
+"""
+
+BROKEN = """
+import pytest
 
 
 @pytest.mark.parametrize("stack", ["tome", "vae_tiling", "prompt_blind"])
@@ -122,12 +127,13 @@ def test_drift(sdopt, stack):
 def test_the_ssim_gate_passes_drift_and_fails_a_stack_that_ignores_the_prompt(run_sdopt, pytester):
     """At the model's default 128x128 (twice the VAE's 64-px tile), against recorded fp32 baselines."""
     settings = ("--sdopt-size", "default", "--sdopt-steps", "10", "--sdopt-json", "out.json")
+    pytester.makeconftest(PROMPT_BLIND)
     run_sdopt(BROKEN, "--sdopt-update-baselines", *settings, "-k", "tome").assert_outcomes(passed=1)
     result = run_sdopt(BROKEN, *settings)
     result.assert_outcomes(passed=2, failed=1)
     runs = {run["stack"]: run for run in json.loads((pytester.path / "out.json").read_text())["runs"]}
     ssim = {stack: runs[stack]["ssim"] for stack in runs}
-    from pytest_sdopt.optimizations import REGISTRY
+    from pytest_sdopt.stacks import REGISTRY
 
     for stack in ("tome", "vae_tiling"):
         assert REGISTRY[stack].default_min_ssim <= ssim[stack] < 0.999, ssim  # drifts, measurably, within its tolerance

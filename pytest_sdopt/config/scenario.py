@@ -1,0 +1,54 @@
+"""What a run draws (Scenario), how it is measured (Measurement) and the limits a check applies
+(GateLimits): plain values resolved from the settings, no torch."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pytest_sdopt.config.defaults import REFERENCE
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """Model, device, prompt, seed, size, steps, guidance: everything that decides the image.
+
+    `prompt`, `size`, `steps` and `guidance` are None only until the model's defaults are filled in.
+    """
+
+    model: str
+    device: str
+    prompt: str | None
+    seed: int
+    size: tuple[int, int] | None
+    steps: int | None
+    guidance: float | None
+
+    @property
+    def size_text(self) -> str:
+        return f"{self.size[0]}x{self.size[1]}" if self.size else "default"
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """How many runs: unmeasured warm-ups first, then measured repeats, then more measured runs
+    while settling the speed figure (see speed.py; `settle_s` None: the default, checks only).
+    `cpu_threads`: torch's intra-op threads during a CPU run (None: devices.DEFAULT_CPU_THREADS)."""
+
+    repeats: int
+    warmup: int
+    settle_s: float | None = None
+    cpu_threads: int | None = None
+
+
+@dataclass(frozen=True)
+class GateLimits:
+    """The limits one check applies; None: that gate is not set (or switched off)."""
+
+    max_vram: int | None = None
+    max_host_memory: int | None = None
+    min_its: float | None = None
+    min_ssim: float | None = None
+    reference: str = REFERENCE
+    min_self_ssim: float | None = None
+    max_its_drop: float | None = None
+    max_memory_growth: float | None = None

@@ -1,0 +1,365 @@
+"""One test's runs, end to end: plan -> load -> apply -> measured run (settled) -> baselines -> check.
+
+`Orchestrator` is the orchestrator behind the `sdopt` fixture, with no pytest in it: the fixture
+(fixture.py) hands it the test's node id, markers and command line, and turns what it raises
+into test outcomes. Data flows one way: the settings are layered into a plan; the run measures
+(settling on a policy given from here, so measuring never reads the checks); under
+--sdopt-update-baselines the run, and the reference when a check needs it, are recorded
+*before* checking; then checking is a function of the run, what was stored and the limits.
+"""
+
+from __future__ import annotations
+
+import weakref
+from dataclasses import dataclass, replace
+from typing import Any, Callable, Iterable
+
+from pytest_sdopt.checks.baselines import Baseline, BaselineError, fingerprint
+from pytest_sdopt.checks.checking import CheckedRun, CheckInputs, check_run
+from pytest_sdopt.checks.similarity import artifact_folder
+from pytest_sdopt.checks.speed import Verdict, judge_speed
+from pytest_sdopt.config.scenario import GateLimits, Measurement, Scenario
+from pytest_sdopt.config.settings import (GATE_KEYWORDS, SCENARIO_KEYS, keyword_overrides, marker_overrides,
+                                          resolve_gates, resolve_run)
+from pytest_sdopt.core.errors import OutOfMemoryWhile, RunOutOfMemory, SdoptUsageError, first_line, is_out_of_memory
+from pytest_sdopt.harness.session import SdoptSession
+from pytest_sdopt.measure.cleanup import release_memory, watch
+from pytest_sdopt.measure.devices import cpu_threads_for, intra_op_threads, resolve_device, xdist_worker
+from pytest_sdopt.measure.figures import SpeedFigure
+from pytest_sdopt.measure.isolation import rng_states_kept
+from pytest_sdopt.measure.memory import high_water_mark, resident_bytes, restart_high_water_marks
+from pytest_sdopt.measure.settling import CHECK_SETTLE_S, settle, settle_recording
+from pytest_sdopt.models.sources import ModelSource
+from pytest_sdopt.results.summary import RunRecord
+from pytest_sdopt.stacks import Stack, parse_stack
+
+
+def stack_name(text: str) -> str:
+    """A stack's canonical spelling, for the settings that name stacks (reference=...)."""
+    return parse_stack(text).name
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    """Everything a run needs, resolved and checked before any model is loaded."""
+
+    stack: Stack
+    scenario: Scenario
+    measurement: Measurement
+    source: ModelSource
+    device: Any
+
+
+@dataclass(frozen=True)
+class NodeIdentity:
+    """What the orchestrator knows of the test it runs for (the fixture gives it)."""
+
+    nodeid: str
+    name: str
+    markers: Callable[[], Iterable[Any]]  # the test's @pytest.mark.sdopt markers, closest first
+    update_command: str  # the command that records this test's missing baselines
+    in_matrix: bool = False
+    order: int = 0  # its place in the session's collection
+
+
+class Orchestrator:
+    """One test's runs and checks (the `sdopt` fixture's work without pytest)."""
+
+    def __init__(self, session: SdoptSession, test: NodeIdentity):
+        self.session = session
+        self.test = test
+        self.results: list[Any] = []  # RunResults of this test, in order
+        self._runs_of: dict[str, int] = {}  # stack -> runs of it so far in this test (run identity)
+        self._run_of_result: dict[int, int] = {}  # id(RunResult) -> its run number, for its artifacts
+
+    # -- planning ------------------------------------------------------------------------
+
+    def marker(self) -> dict[str, Any]:
+        return marker_overrides(self.test.markers(), stack_name)
+
+    def plan(self, stack: str | Stack, overrides: dict[str, Any], where: str = "sdopt.run",
+             runnable_here: bool = True) -> PlannedRun:
+        """Parse and layer the settings (keyword > marker > command line > ini > default).
+
+        Raises SdoptUsageError for bad input and StackUnsupported when the stack cannot run here
+        (unless `runnable_here` is False: reading a baseline needs no GPU).
+        """
+        parsed = parse_stack(stack)
+        scenario, measurement = resolve_run(self.session.settings, self.marker(),
+                                            keyword_overrides(overrides, where, stack_name=stack_name))
+        source = self.session.model(scenario.model)
+        device = resolve_device(scenario.device, xdist_worker(), self.session.settings.share_gpus)
+        scenario = source.complete(replace(scenario, device=str(device)))
+        unmet = parsed.unmet_requirement(device.type)
+        if unmet is not None and runnable_here:
+            raise unmet
+        return PlannedRun(parsed, scenario, measurement, source, device)
+
+    def limits(self, result: Any, gate_keywords: dict[str, Any]) -> GateLimits:
+        keywords = keyword_overrides(gate_keywords, "sdopt.check", GATE_KEYWORDS, stack_name=stack_name)
+        stack = parse_stack(result.stack)
+        return resolve_gates(self.session.settings, self.marker(), keywords, stack.default_min_ssim,
+                             result.device.split(":")[0], stack.default_min_self_ssim)
+
+    def environment(self, plan: PlannedRun) -> dict[str, Any]:
+        """The versions and device the run is keyed by, and a CPU run's thread count (kept with every figure)."""
+        env = self.session.environment(plan.device)
+        if plan.device.type == "cpu":
+            import torch
+
+            env["cpu_threads"] = str(torch.get_num_threads())  # inside intra_op_threads: what the run uses
+        return env
+
+    # -- pipelines and runs --------------------------------------------------------------
+
+    def pipeline(self, plan: PlannedRun) -> tuple[Any, list[weakref.ref]]:
+        """A fresh pipeline with the stack applied, and weak references to release it by."""
+        out_of_memory = None
+        try:
+            with rng_states_kept(plan.device):
+                pipe = self.build(plan)
+        except OutOfMemoryWhile as exc:  # text only: what it held is freed below
+            out_of_memory = exc.phase, exc.error
+        if out_of_memory is not None:
+            release_memory(full=True)
+            raise RunOutOfMemory(out_of_memory_message(plan, {}, out_of_memory[1], out_of_memory[0]))
+        return pipe, watch(pipe)
+
+    def run(self, plan: PlannedRun, benchmark: Any = None, note: str | None = None) -> Any:
+        """Warm-up then measured runs of the plan's stack on a fresh pipeline; a RunResult.
+
+        `benchmark`: pytest-benchmark's fixture, to drive the same calls; `note`: why a run was made
+        that no test checks (the reference, recorded)."""
+        result = self._run(plan, benchmark, note)
+        if note is None:  # the test's own runs; a reference recorded for it is no run it must check
+            self.results.append(result)
+        return result
+
+    def _run(self, plan: PlannedRun, benchmark: Any, note: str | None) -> Any:
+        # The user's random states as they were: the run seeds the global generators for its own draws.
+        with rng_states_kept(plan.device), intra_op_threads(plan.device, cpu_threads_for(plan.measurement.cpu_threads)):
+            return self._measure(plan, benchmark, note)
+
+    def _measure(self, plan: PlannedRun, benchmark: Any, note: str | None) -> Any:
+        from pytest_sdopt.measure.runner import Runner, drive
+
+        self.session.prime(plan.source, plan.device)  # one-time costs must not count as the first run's memory
+        release_memory()  # what an earlier run left must not count in this one's peaks
+        resident = resident_bytes()
+        restart_high_water_marks(plan.device)
+        pipe = runner = None
+        watched: list[weakref.ref] = []
+        out_of_memory = None  # (phase, torch's text): only text is kept, the exception's frames hold the tensors
+        try:
+            pipe = self.build(plan)
+            watched = watch(pipe)
+            runner = Runner(pipe, plan.stack, plan.scenario, plan.device, self.environment(plan), resident)
+            if benchmark is None:
+                drive(runner, plan.measurement)
+                self._settle(runner, plan)
+                result = runner.result()
+            else:
+                result = feed_benchmark(benchmark, runner, plan)
+        except OutOfMemoryWhile as exc:  # loading, placing or applying
+            out_of_memory = exc.phase, exc.error
+        except Exception as exc:
+            if not is_out_of_memory(exc):
+                raise
+            out_of_memory = "measuring", first_line(exc)
+        finally:
+            peaks = dict(runner.peaks) if runner is not None else {}
+            del pipe, runner
+            release_memory(watched, full=out_of_memory is not None)  # a failed load leaves no watched pipeline
+        if out_of_memory is not None:
+            phase, error = out_of_memory
+            self.session.record(RunRecord(self.test.nodeid, self.test.name, plan.stack.name,
+                                          in_matrix=self.test.in_matrix, order=self.test.order,
+                                          error=f"out of memory while {phase} ({error})",
+                                          run=self.next_run(plan.stack.name)))
+            raise RunOutOfMemory(out_of_memory_message(plan, peaks, error, phase))
+        run = self.next_run(result.stack)
+        self._run_of_result[id(result)] = run
+        self.session.record(RunRecord(self.test.nodeid, self.test.name, result.stack,
+                                      reference=self.session.settings.reference, result=result,
+                                      in_matrix=self.test.in_matrix, order=self.test.order, run=run, note=note))
+        return result
+
+    def _settle(self, runner: Any, plan: PlannedRun) -> None:
+        """Keep measuring while the speed figure is not yet trustworthy (measure/settling.py).
+
+        A check, when this device has stored metrics and max_its_drop (as the marker, command line or
+        ini set it) does not surely pass: re-measure until it does, or the budget ends (--sdopt-settle,
+        by default CHECK_SETTLE_S). A recording (--sdopt-update-baselines): with --sdopt-settle given,
+        for twice the budget; by default, where max_its_drop is on, until the figure has an interval
+        of its own (settle_recording).
+        """
+        budget = plan.measurement.settle_s
+        if runner.measuring_since is None:
+            return
+        recording = self.session.settings.update_baselines
+        good_enough = None
+        if recording and budget is None:
+            if self._its_drop_limit(plan) is not None:
+                runner.settled = settle_recording(lambda: runner.call(measured=True), runner.measuring_since,
+                                                  lambda: runner.speed().has_interval)
+            return
+        if not recording:
+            budget = CHECK_SETTLE_S if budget is None else budget
+            good_enough = self._surely_within_its_drop(plan, runner) if budget > 0 else None
+            if good_enough is None:
+                return
+        if not budget:
+            return
+        runner.settled = settle(lambda: runner.call(measured=True), budget, runner.measuring_since, good_enough)
+
+    def _its_drop_limit(self, plan: PlannedRun) -> float | None:
+        """max_its_drop as the marker, command line or ini set it (None: off, or a bad marker that
+        sdopt.check() reports); a keyword given only to sdopt.check() is not known while the run measures."""
+        try:
+            marker = self.marker()
+        except SdoptUsageError:
+            return None
+        return resolve_gates(self.session.settings, marker, {}, plan.stack.default_min_ssim,
+                             plan.device.type).max_its_drop
+
+    def _surely_within_its_drop(self, plan: PlannedRun, runner: Any) -> Callable[[], bool] | None:
+        """A test of whether max_its_drop surely passes on what `runner` has measured, against this
+        device's stored figure (the comparison the gate makes); None when the gate cannot apply."""
+        try:
+            stored = self.session.store.read_metrics(plan.scenario, plan.stack.name).get(fingerprint(runner.env))
+        except (SdoptUsageError, BaselineError):
+            return None  # sdopt.check() reports these
+        limit = self._its_drop_limit(plan)
+        if limit is None or not stored:
+            return None
+        before = SpeedFigure.stored(stored)
+        threads = runner.env.get("cpu_threads")
+        if before.cpu_threads and threads and int(threads) != before.cpu_threads:
+            return None  # the gate is not applicable: nothing to settle
+        return lambda: judge_speed(runner.speed(), before, limit).verdict is Verdict.PASS
+
+    def build(self, plan: PlannedRun) -> Any:
+        """The loaded pipeline with the stack applied; OutOfMemoryWhile names the phase that ran out."""
+        out_of_memory = None
+        try:
+            pipe = plan.source.load()  # on the CPU: the stack places it (offloads keep it there)
+        except Exception as exc:
+            if not is_out_of_memory(exc):
+                raise
+            out_of_memory = first_line(exc)
+        if out_of_memory is not None:  # raised outside the handler: torch's exception, and what it holds, is gone
+            raise OutOfMemoryWhile("loading the model", out_of_memory)
+        plan.stack.apply(pipe, plan.device)
+        return pipe
+
+    def next_run(self, stack: str) -> int:
+        """The number of this run of `stack` in this test (1 for the first): two runs of one stack in
+        one test (other seeds, sizes) keep their own images, artifacts and rows in `sdopt compare`."""
+        self._runs_of[stack] = self._runs_of.get(stack, 0) + 1
+        return self._runs_of[stack]
+
+    def record_skip(self, stack: str, reason: str) -> None:
+        self.session.record(RunRecord(self.test.nodeid, self.test.name, stack, skipped=reason,
+                                      in_matrix=self.test.in_matrix, order=self.test.order, run=self.next_run(stack)))
+
+    # -- baselines and checks ------------------------------------------------------------
+
+    def baseline(self, plan: PlannedRun) -> Baseline:
+        return self.session.store.baseline(plan.scenario, plan.stack.name, self.environment(plan))
+
+    def check(self, result: Any, gate_keywords: dict[str, Any]) -> CheckedRun:
+        """Record what --sdopt-update-baselines asks for (the reference's run first, when this check
+        compares with it and it must be recorded), then check the run against what is stored."""
+        limits = self.limits(result, gate_keywords)
+        inputs = self._record_baselines(result, limits)
+        checked = check_run(result, limits, inputs)
+        self.session.record_check(checked)
+        return checked
+
+    def _record_baselines(self, result: Any, limits: GateLimits) -> CheckInputs:
+        """What was stored before this check (what the gates compare with), after recording what the
+        update mode asks: `checked` (the bare flag) records the checked stack and the reference only
+        where it is missing, `all` re-records the reference too, `missing` writes only what is absent."""
+        store, update = self.session.store, self.session.settings.update_baselines
+        scenario, stack = result.scenario, result.stack
+        stored_before = store.read_metrics(scenario, stack).get(fingerprint(result.env))
+        own_image_before = store.read_image(scenario, stack)
+        image_recorded = metrics_recorded = False
+        if update:
+            # `missing` writes only what is absent; the other modes replace this stack's baseline.
+            image_recorded = update != "missing" or own_image_before is None
+            metrics_recorded = update != "missing" or stored_before is None
+            if image_recorded or metrics_recorded:
+                self._record(result, image=image_recorded, metrics=metrics_recorded,
+                             tolerance=limits.min_self_ssim or limits.min_ssim)
+            if limits.min_ssim is not None and limits.reference != stack:
+                # A narrowed update must not rewrite the reference every other stack is compared with:
+                # only `all` re-records it; otherwise it is recorded where it is missing.
+                if update == "all" or store.read_image(scenario, limits.reference) is None:
+                    self._record_reference(limits.reference, scenario, only_missing=update == "missing")
+        folder = artifact_folder(self.session.results_dir, self.test.nodeid, result.stack,
+                                 self._run_of_result.get(id(result), 1))
+        return CheckInputs(store=store, artifact_folder=folder, update_command=self.test.update_command,
+                           stored_metrics=stored_before, own_image=own_image_before, image_recorded=image_recorded,
+                           metrics_recorded=metrics_recorded, strict=self.session.settings.strict)
+
+    def _record_reference(self, reference: str, scenario: Scenario, only_missing: bool) -> None:
+        """Run the reference stack on the same scenario and record it, once per session, so a test of
+        fp16 alone still leaves the baseline it is compared with. `only_missing`: write only what is
+        absent (its image, or this device's metrics)."""
+        if (reference, scenario) in self.session.references_recorded:
+            return
+        same_scenario = {name: getattr(scenario, name) for name in SCENARIO_KEYS}
+        result = self.run(self.plan(reference, same_scenario, "the reference run"),
+                          note="recorded as the reference's baseline")
+        store = self.session.store
+        image = not only_missing or store.read_image(scenario, reference) is None
+        metrics = not only_missing or fingerprint(result.env) not in store.read_metrics(scenario, reference)
+        stack = parse_stack(reference)
+        self._record(result, image=image, metrics=metrics, tolerance=stack.default_min_self_ssim or stack.default_min_ssim)
+
+    def _record(self, result: Any, image: bool = True, metrics: bool = True, tolerance: float | None = None) -> None:
+        if image or metrics:
+            self.session.writes.extend(self.session.store.record(result, image, metrics, tolerance))
+        self.session.references_recorded.add((result.stack, result.scenario))
+
+
+def feed_benchmark(benchmark: Any, runner: Any, plan: PlannedRun) -> Any:
+    """Let pytest-benchmark drive the same warm-ups and measured calls, so its stats, storage and
+    --benchmark-compare-fail see what sdopt measured (one whole pipeline call per round)."""
+    calls = iter(range(plan.measurement.warmup + plan.measurement.repeats))
+    benchmark.group = benchmark.group or f"sdopt {plan.scenario.model} {plan.scenario.size_text}"
+    benchmark.pedantic(lambda: runner.call(measured=next(calls) >= plan.measurement.warmup),
+                       rounds=plan.measurement.repeats, warmup_rounds=plan.measurement.warmup, iterations=1)
+    result = runner.result()
+    benchmark.extra_info.update({"sdopt_stack": result.stack, "sdopt_its": result.its,
+                                 "sdopt_peak_vram_bytes": result.peak_vram_bytes,
+                                 "sdopt_peak_host_bytes": result.peak_host_bytes, "sdopt_device": result.device})
+    return result
+
+
+def out_of_memory_message(plan: PlannedRun, peaks: dict[str, Any], error: str, phase: str = "measuring") -> str:
+    """What ran out, in which phase, how far it got and against which ceiling; memory is already freed.
+
+    Where no measured call tracked a peak (a warm-up, or before any call), the figure is the
+    high-water mark since the run began (memory.restart_high_water_marks)."""
+    from pytest_sdopt.config.parsers import format_bytes
+
+    device = plan.device
+    if device.type == "cuda":
+        import torch
+
+        # a warm-up call is not tracked: then the allocator's own high-water mark is the figure
+        peak = peaks.get("peak_vram_reserved_bytes") or torch.cuda.max_memory_reserved(device)
+        ceiling = torch.cuda.get_device_properties(device).total_memory
+        what = f"peak VRAM reserved {format_bytes(peak)} of {format_bytes(ceiling)} on {device}"
+    else:
+        import psutil
+
+        peak = peaks.get("peak_host_bytes") or high_water_mark() or psutil.Process().memory_info().rss
+        ceiling = psutil.virtual_memory().total
+        what = f"peak host memory {format_bytes(peak)} of {format_bytes(ceiling)}"
+    return (f"stack {plan.stack.name!r} ran out of memory while {phase} ({what}); torch said: {error}. Its memory was "
+            f"freed and the next tests run normally. Try a smaller --sdopt-size, or a stack that saves memory "
+            f"(fp16, vae_tiling, an offload).")
+

@@ -1,0 +1,42 @@
+"""The VAE's decoding: in tiles, or one image of the batch at a time."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from pytest_sdopt.stacks.spec import ApplyContext, Effect, OptimizationSpec, Phase, first_method
+
+
+def _vae_switch(name: str, vae_method: str, pipe_method: str) -> Callable[[Any, ApplyContext], None]:
+    def apply(pipe: Any, ctx: ApplyContext) -> None:
+        # Newer diffusers only has it on the VAE; older ones also had it on the pipeline.
+        first_method(name, [("pipe.vae", getattr(pipe, "vae", None), vae_method), ("pipe", pipe, pipe_method)])()
+
+    return apply
+
+
+def _vae_flag(attribute: str) -> Callable[[Any], "bool | None"]:
+    def snapshot(pipe: Any) -> bool | None:
+        return getattr(getattr(pipe, "vae", None), attribute, None)
+
+    return snapshot
+
+
+def _flag_unchanged(attribute: str, doing: str) -> Callable[[Any], str]:
+    def unchanged(value: Any) -> str:
+        if value:
+            return f"changed nothing: the VAE already {doing} (vae.{attribute} was already {value})"
+        return f"changed nothing: vae.{attribute} stayed {value}"
+
+    return unchanged
+
+
+SPECS = (
+    OptimizationSpec("vae_tiling", Phase.VAE, "VAE decodes in overlapping tiles", 0.85,
+                     _vae_switch("vae_tiling", "enable_tiling", "enable_vae_tiling"),
+                     effect=Effect(_vae_flag("use_tiling"), _flag_unchanged("use_tiling", "decoded in tiles"))),
+    OptimizationSpec("vae_slicing", Phase.VAE, "VAE decodes one image of the batch at a time", 0.98,
+                     _vae_switch("vae_slicing", "enable_slicing", "enable_vae_slicing"),
+                     effect=Effect(_vae_flag("use_slicing"),
+                                   _flag_unchanged("use_slicing", "decoded one image at a time"))),
+)
