@@ -13,7 +13,7 @@ interleaved in one process, the way sdopt measures steps; it must read 1.10x.
 
     .venv/bin/python benchmarks/speed_gate.py [--runs 10] [--settle 60] [--cpu-threads 1] [--max-its-drop 4%]
 
-The method (speed.py, machine.py): on this shared 2-core machine the speed moves 10-35%
+The method (measure/figures.py, measure/machine.py, checks/speed.py): on this shared 2-core machine the speed moves 10-35%
 between states lasting minutes, with one thread or two, so a figure recorded in one state
 cannot judge another. On CPU each measured call is timed beside a fixed reference workload
 (a small UNet-like stack of plain torch modules, ~4 ms) and the gate compares it/s relative to

@@ -150,8 +150,10 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     settings = config.stash.get(SETTINGS_KEY, None)
     if settings is None:
         return
+    if SESSION_KEY in config.stash:
+        config.stash[SESSION_KEY].finish()  # the reports' images, where a report is asked for
     workeroutput = getattr(config, "workeroutput", None)
-    if workeroutput is not None:  # an xdist worker: hand the runs to the controller, write nothing
+    if workeroutput is not None:  # an xdist worker: hand the runs to the controller, write no report
         if SESSION_KEY in config.stash:
             workeroutput["sdopt_entries"] = config.stash[SESSION_KEY].entries()
             workeroutput["sdopt_writes"] = [write.as_dict() for write in config.stash[SESSION_KEY].writes]

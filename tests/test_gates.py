@@ -77,7 +77,7 @@ STORED = StoredMetrics("GPU | torch 2 | diffusers 0.42", {"its": 20.0, "peak_vra
 
 @pytest.mark.parametrize("its, status", [(40.0, Status.PASS), (18.0, Status.INCONCLUSIVE)])
 def test_one_run_against_one_stored_run_decides_only_what_is_far_from_the_limit(its, status):
-    """One run each side: no interval of their own, so each counts as 10% uncertain (speed.py): twice
+    """One run each side: no interval of their own, so each counts as 10% uncertain (measure/figures.py): twice
     as fast passes, 10% slower against a 10% limit cannot be told."""
     outcome = gates.max_its_drop(run(its=its), 0.10, STORED)
     assert outcome.status is status
@@ -236,7 +236,7 @@ def test_settling_stops_only_once_a_machine_relative_reading_is_surely_within_th
     assert verdict(disturbed) is Verdict.PASS  # a robust spread: the burst does not widen the interval
     # Three runs that agree by luck are not yet an interval: the check keeps measuring.
     assert verdict([0.946, 0.945, 0.947]) is Verdict.INCONCLUSIVE
-    # Nor are many runs taken within a moment: they share that moment's drift (speed.py's figures).
+    # Nor are many runs taken within a moment: they share that moment's drift (measure/figures.py).
     brief = [0.962, 0.96, 0.961, 0.963] * 4
     assert verdict(brief, MIN_INTERVAL_SPAN_S - 0.5, 0.06) is Verdict.INCONCLUSIVE
     assert verdict(brief, MIN_INTERVAL_SPAN_S, 0.06) is Verdict.PASS

@@ -31,7 +31,7 @@ class Scenario:
 @dataclass(frozen=True)
 class Measurement:
     """How many runs: unmeasured warm-ups first, then measured repeats, then more measured runs
-    while settling the speed figure (see speed.py; `settle_s` None: the default, checks only).
+    while settling the speed figure (see measure/settling.py; `settle_s` None: the default, checks only).
     `cpu_threads`: torch's intra-op threads during a CPU run (None: devices.DEFAULT_CPU_THREADS)."""
 
     repeats: int

@@ -11,7 +11,7 @@ from pytest_sdopt.measure.environment import describe
 from pytest_sdopt.core.errors import SdoptUsageError
 from pytest_sdopt.models.sources import ModelSource, resolve_model
 from pytest_sdopt.config.settings import SessionSettings
-from pytest_sdopt.results.report import run_entry
+from pytest_sdopt.results.report import run_entry, save_image
 from pytest_sdopt.results.summary import RunRecord
 
 
@@ -28,6 +28,7 @@ class SdoptSession:
         self.records: list[RunRecord] = []
         self.worker_entries: list[dict[str, Any]] = []  # what pytest-xdist workers sent (controller only)
         self._entries: list[dict[str, Any]] | None = None
+        self._images: dict[int, Path] = {}  # id(RunRecord) -> its saved image (finish())
         self.references_recorded: set[Any] = set()  # (stack, scenario) recorded under --sdopt-update-baselines
         self.writes: list[Any] = []  # baselines.BaselineWrite: every file --sdopt-update-baselines wrote
         self.worker_writes: list[dict[str, Any]] = []  # what pytest-xdist workers wrote (controller only)
@@ -75,15 +76,29 @@ class SdoptSession:
             return Path(json_path).with_name(Path(json_path).stem + "-images")
         return self.results_dir / "report-images" if html_path else None
 
+    def finish(self) -> None:
+        """At the session's end: save each run's image where the JSON and HTML reports refer to it
+        (only when one is asked for); entries() then refers to them."""
+        images_dir = self.images_dir
+        if images_dir is None:
+            return
+        for record in self.records:
+            if id(record) not in self._images:
+                path = save_image(record, images_dir)
+                if path is not None:
+                    self._images[id(record)] = path
+        self._entries = None  # made again, with the images
+
     def entries(self) -> list[dict[str, Any]]:
-        """Every run of the session as plain data: this process's, then its workers'. Made once."""
+        """Every run of the session as plain data: this process's, then its workers'. Made once (again
+        after finish()); reading them writes nothing."""
         if self._entries is None:
             own = []
             for record in self.records:
                 reference = None
                 if record.result is not None:
                     reference = self.store.image_path(record.result.scenario, record.reference)
-                own.append(run_entry(record, self.images_dir, reference))
+                own.append(run_entry(record, self._images.get(id(record)), reference))
             self._entries = sorted(own + self.worker_entries, key=lambda e: (e["order"], e["nodeid"]))
         return self._entries
 

@@ -1,5 +1,6 @@
-"""The speed figure every speed verdict reads (`SpeedFigure`), the three verdicts on two of them
-(`judge_speed`: pass, FAIL, inconclusive), and settling: re-measuring before a verdict counts.
+"""The speed figure every speed verdict reads (`SpeedFigure`), computed once per run. The three
+verdicts on two of them are checks/speed.py's (`judge_speed`: pass, FAIL, inconclusive);
+re-measuring before a verdict counts is measure/settling.py's.
 
 What the noise looks like on this project's 2-core CI machine (benchmarks/speed_gate.py):
 within one pipeline call the step times agree to 1-2%, but the machine itself moves between

@@ -55,7 +55,7 @@ class RunResult:
 
     @cached_property
     def speed(self) -> SpeedFigure:
-        """The speed figure every speed verdict reads (speed.py), computed once."""
+        """The speed figure every speed verdict reads (measure/figures.py), computed once."""
         return SpeedFigure.measured(self.step_times_s, self.reference_s, self.cpu_threads)
 
     @property
@@ -64,7 +64,7 @@ class RunResult:
 
     @property
     def best_its(self) -> float:
-        """The best measured call's steps per second (see speed.py): what max_its_drop compares on CUDA."""
+        """The best measured call's steps per second (see measure/figures.py): what max_its_drop compares on CUDA."""
         return self.speed.best_its
 
     @property

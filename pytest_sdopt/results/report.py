@@ -40,8 +40,24 @@ def outcome_of(record: Any) -> str:
     return "failed" if record.checked.failed else "passed"
 
 
-def run_entry(record: Any, images_dir: Path | None = None, reference_image: Path | None = None) -> dict[str, Any]:
-    """One run as plain data. With `images_dir`, the run's image is saved there and referenced."""
+def image_file(record: Any, images_dir: Path) -> Path:
+    """Where a run's image is kept for the reports: `<order>-<stack>[.runN].png` in `images_dir`."""
+    stack = safe_name(record.stack.replace(":", "-"))
+    return Path(images_dir) / f"{record.order:04d}-{stack}{run_suffix(record.run)}.png"
+
+
+def save_image(record: Any, images_dir: Path) -> Path | None:
+    """Save a run's image for the reports (None: the run has no image); the session's end does it once."""
+    if record.result is None:
+        return None
+    path = image_file(record, images_dir)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    record.result.image.save(path, format="PNG")
+    return path
+
+
+def run_entry(record: Any, image: Path | None = None, reference_image: Path | None = None) -> dict[str, Any]:
+    """One run as plain data, referring to its saved `image` (save_image) and the reference's stored one."""
     result = record.result
     entry: dict[str, Any] = {
         "nodeid": record.nodeid,
@@ -78,12 +94,8 @@ def run_entry(record: Any, images_dir: Path | None = None, reference_image: Path
         entry["gates"] = [{"gate": o.gate, "status": o.status.value, "measured": o.measured, "limit": o.limit,
                            "detail": o.detail, "value": o.value, "artifacts": dict(o.artifacts)}
                           for o in record.checked.outcomes]
-    if images_dir is not None:
-        stack = safe_name(record.stack.replace(":", "-"))
-        path = Path(images_dir) / f"{record.order:04d}-{stack}{run_suffix(record.run)}.png"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        result.image.save(path, format="PNG")
-        entry["image"] = str(path)
+    if image is not None:
+        entry["image"] = str(image)
     if reference_image is not None and Path(reference_image).is_file():
         entry["reference_image"] = str(reference_image)
     return entry

@@ -20,6 +20,7 @@ from enum import IntEnum
 from typing import Any, Callable
 
 from pytest_sdopt.core.errors import StackUnsupported
+from pytest_sdopt.stacks.promises import Promise
 
 
 class Phase(IntEnum):
@@ -147,3 +148,8 @@ class OptimizationSpec:
     # same image; below it only for what moves between devices (reduced precision, tomesd's
     # random merges), since images are shared by every device.
     default_min_self_ssim: float = 0.98
+    # What it promises against the reference, per device type (promises.py): the promise gates
+    # (min_speedup, max_memory_ratio, --sdopt-promises) check these. `promises_nothing`:
+    # (device type, why) where it promises nothing, so the gate says n/a with that reason.
+    promises: tuple[Promise, ...] = ()
+    promises_nothing: tuple[tuple[str, str], ...] = ()
