@@ -32,7 +32,7 @@ class Finding:
 
 
 def render(findings: list[Finding]) -> list[str]:
-    """A plain-text table, the same one the README's Performance section quotes."""
+    """A plain-text table, the same one docs/performance.md quotes."""
     rows = [("item", "measured", "target", "verdict")] + [(f.item, f.measured, f.target, f.verdict) for f in findings]
     widths = [max(len(row[column]) for row in rows) for column in range(4)]
     return ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]

@@ -40,7 +40,7 @@ def run_matrix(model: str, extra: list[str], results_dir: str | None, keep: str 
                    f"--sdopt-json={results}", f"--sdopt-results-dir={results_dir or work / 'results'}", "-q",
                    "-p", "no:cacheprovider", *extra]
         wall, output = timed_child(command, cwd=REPO)
-        if keep:  # the matrix's own table and JSON: per-stack it/s, peaks and SSIM (the README's GPU figures)
+        if keep:  # the matrix's own table and JSON: per-stack it/s, peaks and SSIM (docs/performance.md's GPU figures)
             Path(keep).mkdir(parents=True, exist_ok=True)
             (Path(keep) / "matrix-output.txt").write_text(output)
             if results.is_file():

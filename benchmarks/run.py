@@ -10,7 +10,7 @@ sessions (the recording measures for 120 s, and a slowed check re-measures for i
 before it fails, as it should); `verdicts` adds 80 pytest sessions (--quick: 16), 1-2 minutes
 each on that machine while it was shared. `--quick` runs fewer pairs, rounds and sessions for
 a smoke test; its figures are not the published ones. Exit status 1 when any target is missed.
-The README's Performance section quotes this table.
+The docs' performance page (docs/performance.md) quotes this table.
 """
 
 from __future__ import annotations

@@ -116,6 +116,35 @@ def stacks_table() -> str:
                    "default `min_ssim` / `min_self_ssim`"), rows)
 
 
+def promises_table() -> str:
+    """One row per registered optimization and device type: its promised speed and memory ratios to
+    the reference, their conditions and sources, or why it promises nothing there."""
+    from pytest_sdopt.stacks import REGISTRY
+    from pytest_sdopt.stacks.promises import MEMORY, SPEED
+
+    rows = []
+    for name, spec in REGISTRY.items():
+        nothing = dict(spec.promises_nothing)
+        for device in ("cuda", "cpu"):
+            promised = {p.metric: p for p in spec.promises if device in p.devices}
+            if not promised and device not in nothing:
+                continue
+            if not promised:
+                rows.append((f"`{name}`", device, "—", "—", cell(f"promises nothing: {nothing[device]}")))
+                continue
+
+            def bound(metric: str, sign: str) -> str:
+                promise = promised.get(metric)
+                if promise is None:
+                    return "—"
+                condition = promise.condition.__doc__.splitlines()[0] if promise.condition and promise.condition.__doc__ else ""
+                return f"{sign} {promise.bound:.2f}x" + (f" ({cell(condition.rstrip('.'))})" if condition else "")
+
+            sources = "; ".join(dict.fromkeys(p.source for p in promised.values()))
+            rows.append((f"`{name}`", device, bound(SPEED, "≥"), bound(MEMORY, "≤"), cell(sources)))
+    return _table(("name", "device", "speed vs the reference", "memory vs the reference", "source"), rows)
+
+
 # --- the results JSON schema -------------------------------------------------------------------
 
 
@@ -207,6 +236,7 @@ def _settings_marker(args: str | None) -> str:
 TABLES: dict[str, Callable[[str | None], str]] = {
     "settings": _settings_marker,
     "stacks": lambda args: stacks_table(),
+    "promises": lambda args: promises_table(),
     "schema": lambda args: schema_table(),
 }
 

@@ -12,12 +12,13 @@ from __future__ import annotations
 import warnings
 import weakref
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 import pytest
 
 from pytest_sdopt.checks.baselines import Baseline
 from pytest_sdopt.checks.checking import CheckedRun, update_command
+from pytest_sdopt.checks.promises import PROMISE_GATES
 from pytest_sdopt.config.defaults import REFERENCE
 from pytest_sdopt.config.settings import GATE_KEYWORDS
 from pytest_sdopt.core.errors import RunOutOfMemory, SdoptUsageError, SdoptWarning, StackUnsupported
@@ -26,9 +27,18 @@ from pytest_sdopt.harness.session import SdoptSession
 from pytest_sdopt.measure.cleanup import release_memory
 from pytest_sdopt.stacks import Stack, StackApplyError
 
+if TYPE_CHECKING:
+    from pytest_sdopt.measure.runner import RunResult
+
 
 class Sdopt:
-    """What a test gets as `sdopt`. See the docs' fixture reference."""
+    """What a test gets as `sdopt`: seeded pipelines with a stack applied, measured runs, checks
+    against every gate that is set, and the stored baselines.
+
+    Settings layer keyword > `@pytest.mark.sdopt` > command line > ini > default. A stack that
+    cannot run here skips with the reason (fails under --sdopt-strict); bad input fails the test
+    with one paragraph.
+    """
 
     def __init__(self, session: SdoptSession, node: pytest.Item, in_matrix: bool = False, request: Any = None):
         self._session = session
@@ -44,7 +54,7 @@ class Sdopt:
         self._handed_out: list[weakref.ref] = []  # what sdopt.pipeline() returned, to release at close
 
     @property
-    def results(self) -> list[Any]:
+    def results(self) -> "list[RunResult]":
         """The RunResults of this test's runs, in order."""
         return self._runs.results
 
@@ -57,7 +67,7 @@ class Sdopt:
             self._handed_out += watched
             return pipe
 
-    def run(self, stack: str = REFERENCE, **overrides: Any) -> Any:
+    def run(self, stack: str = REFERENCE, **overrides: Any) -> "RunResult":
         """Warm-up then measured runs of `stack` on a fresh pipeline; returns a RunResult."""
         with self._outcomes(stack):
             result = self._runs.run(self.plan(stack, overrides, "sdopt.run"), benchmark=self._unused_benchmark())
@@ -65,7 +75,7 @@ class Sdopt:
                                         "peak host bytes": result.peak_host_bytes})
         return result
 
-    def check(self, result: Any, **gates: Any) -> CheckedRun:
+    def check(self, result: "RunResult", **gates: Any) -> CheckedRun:
         """Apply every gate that is set (keyword > marker > command line > ini > default) to `result`.
 
         Fails the test once, listing each gate with its measured value, its limit and the images
@@ -81,7 +91,9 @@ class Sdopt:
         self._checked.append(result)
         self._properties(result.stack, {
             "SSIM": None if checked.ssim is None else f"{checked.ssim:.4f}",
-            "verdict": verdict_text(checked)})
+            "verdict": verdict_text(checked),
+            **{o.gate: f"{o.value:.2f}x {' '.join(o.limit.split()[:2])} {o.status.value}"
+               for o in checked.outcomes if o.gate in PROMISE_GATES and o.value is not None}})
         if checked.failed:
             pytest.fail(checked.failure_message(), pytrace=False)
         if checked.inconclusive:  # does not fail the test (--sdopt-strict makes it), but is never silent

@@ -26,7 +26,7 @@ hookspec = pluggy.HookspecMarker("pytest")
 
 
 @hookspec(historic=True)
-def pytest_sdopt_register_optimizations(config: Any) -> "Sequence[OptimizationSpec] | None":
+def pytest_sdopt_register_optimizations(config: Any) -> Sequence[OptimizationSpec] | None:
     """Return the optimizations (pytest_sdopt.stacks.OptimizationSpec) this plugin adds, or None.
 
     Each is one name (a word: letters, digits, underscores, new to the registry), its `Phase`

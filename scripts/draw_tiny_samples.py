@@ -1,11 +1,11 @@
 #!/usr/bin/env python
-"""Draw the README's sample images with the embedded `tiny` model: docs/tiny/*.png.
+"""Draw the sample images of the README and docs/models.md with the embedded `tiny` model: docs/tiny/*.png.
 
     python scripts/draw_tiny_samples.py [--out docs/tiny]
 
 Some prompts from training and some held out (never captioned in training), each drawn at the
 model's defaults (128x128, 10 steps, its guidance) with two seeds and read back with
-pytest_sdopt.models.scenes.read_scene; prints the README's table.
+pytest_sdopt.models.scenes.read_scene; prints the docs' table (docs/models.md).
 """
 
 from __future__ import annotations

@@ -1,17 +1,19 @@
 #!/usr/bin/env bash
-# One-command GPU check: everything this project cannot check on a CPU, in about 8 minutes on one
+# One-command GPU check: everything this project cannot check on a CPU, in about 10 minutes on one
 # H100/H200, with its findings written to one folder.
 #
 #   scripts/gpu_check.sh [FOLDER]      FOLDER: the argument, else $OUT, else ./gpu-check
 #
 # Parts, each under its own time budget (seconds; GPU_CHECK_T_<PART> overrides), so one that fails
-# or hangs does not stop the others and the whole fits 8 minutes:
+# or hangs does not stop the others and the whole fits 10 minutes:
 #   cuda tests      the `cuda`-marked tests (tests/test_cuda.py)            -> cuda-tests.xml (junitxml)
 #   tiny matrix     the embedded model's matrix on CUDA against the shipped
 #                   CPU baselines (baselines/tiny/), SSIM per stack          -> tiny-matrix.json
 #   sd15 build      sd15-random's seeded random weights, built once (CPU) into the scratch folder
 #   sd15 matrix     sd15-random's matrix at 512x512, 10 steps, SSIM against
-#                   its own fp32 of this run (compile left out: time)        -> sd15-random-matrix.json
+#                   its own fp32 of this run, and each stack's promises
+#                   (--sdopt-promises: speed and VRAM ratios to fp32,
+#                   interleaved; compile left out: time)                     -> sd15-random-matrix.json
 #   probe ...       scripts/gpu_probes.py: precision, sdpa, vae-tiling      -> probes.json
 # and last summary.txt (also printed) and gpu-check.log (every part's output). Each matrix's images
 # are packed as <matrix>-images.tar.gz beside its JSON (untar there and the JSON's paths resolve):
@@ -62,12 +64,12 @@ export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONUNBUFFERED=1
 cd "$REPO" || exit 2
 
-# The budgets: 440 s in all, which leaves the interpreter starts and kill grace inside 8 minutes.
+# The budgets: 560 s in all, which leaves the interpreter starts and kill grace inside 10 minutes.
 T_PREFLIGHT=${GPU_CHECK_T_PREFLIGHT:-30}
 T_CUDA_TESTS=${GPU_CHECK_T_CUDA_TESTS:-80}
 T_TINY_MATRIX=${GPU_CHECK_T_TINY_MATRIX:-90}
 T_SD15_BUILD=${GPU_CHECK_T_SD15_BUILD:-50}
-T_SD15_MATRIX=${GPU_CHECK_T_SD15_MATRIX:-90}
+T_SD15_MATRIX=${GPU_CHECK_T_SD15_MATRIX:-210}  # with the promises: 8+ interleaved pairs a stack
 T_PRECISION=${GPU_CHECK_T_PRECISION:-50}
 T_SDPA=${GPU_CHECK_T_SDPA:-25}
 T_VAE_TILING=${GPU_CHECK_T_VAE_TILING:-25}
@@ -129,9 +131,10 @@ from pytest_sdopt.models.sources import materialize; print('sd15-random at', mat
   "$RESULTS/models"
 
 SD15_STACKS=$("$PY" -c "from pytest_sdopt.stacks import REGISTRY; print(','.join(n for n in REGISTRY if n != 'compile'))")
-part "sd15 matrix" "$T_SD15_MATRIX" "512x512, 10 steps; SSIM recorded, not gated" \
+part "sd15 matrix" "$T_SD15_MATRIX" "512x512, 10 steps; SSIM recorded, not gated; every promise kept" \
   "$PY" -m pytest -p pytest_sdopt -p no:cacheprovider -q -rs --sdopt-model sd15-random --sdopt-device cuda \
   "--sdopt-matrix=$SD15_STACKS" --sdopt-steps 10 --sdopt-repeats 1 --sdopt-warmup 1 --sdopt-min-ssim 0 \
+  --sdopt-promises \
   --sdopt-baseline-dir "$WORK/sd15-baselines" --sdopt-update-baselines --sdopt-results-dir "$RESULTS" \
   --sdopt-json "$FINDINGS/sd15-random-matrix.json"
 

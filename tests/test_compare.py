@@ -119,7 +119,7 @@ def test_memory_growth_and_a_missing_stack_are_reported(recorded, new, capsys):
 
 
 @pytest.mark.parametrize("damage, message", [
-    (lambda d: d.update(schema_version=99), "has results schema version 99; this pytest-sdopt reads versions 1, 2"),
+    (lambda d: d.update(schema_version=99), "has results schema version 99; this pytest-sdopt reads versions 1, 2, 3"),
     (lambda d: d.update(tool="other"), "is not a pytest-sdopt results file"),
     (lambda d: d["runs"][0].update(outcome="great"), "does not match the results schema: runs/0/outcome"),
     (lambda d: run_of(d, "bf16")["scenario"].update(size=[128, 128]),

@@ -17,6 +17,7 @@ from typing import Any, Sequence
 from pytest_sdopt.checks import gates
 from pytest_sdopt.checks.baselines import BaselineStore, fingerprint
 from pytest_sdopt.config.scenario import GateLimits
+from pytest_sdopt.checks.promises import PromiseInputs
 from pytest_sdopt.checks.gates import GateOutcome, ReferenceComparison, StoredMetrics
 from pytest_sdopt.config.parsers import shown
 from pytest_sdopt.checks.similarity import ImageSizeMismatch, compare, write_artifacts
@@ -66,7 +67,7 @@ class CheckedRun:
         return gates.failure_message(self.result.stack, where, self.outcomes, self.strict)
 
 
-def check_run(result: Any, limits: GateLimits, inputs: CheckInputs) -> CheckedRun:
+def check_run(result: Any, limits: GateLimits, inputs: CheckInputs, promised: PromiseInputs | None = None) -> CheckedRun:
     """Every gate that is set, applied to `result`: a function of the run, what was stored and the
     limits (it writes nothing but a failed comparison's images)."""
     outcomes: list[GateOutcome] = []
@@ -86,6 +87,8 @@ def check_run(result: Any, limits: GateLimits, inputs: CheckInputs) -> CheckedRu
         outcomes.append(gates.max_its_drop(result, limits.max_its_drop, stored))
     if limits.max_memory_growth is not None:
         outcomes.extend(gates.max_memory_growth(result, limits.max_memory_growth, stored))
+    if promised is not None:
+        outcomes.extend(promised.outcomes(result.stack))
     return CheckedRun(result, limits, outcomes, strict=inputs.strict)
 
 

@@ -52,3 +52,11 @@ class GateLimits:
     min_self_ssim: float | None = None
     max_its_drop: float | None = None
     max_memory_growth: float | None = None
+    min_speedup: float | None = None
+    max_memory_ratio: float | None = None
+    promises: bool = False  # apply the registry's promises where min_speedup / max_memory_ratio are not set
+
+    @property
+    def checks_promises(self) -> bool:
+        """Whether the check measures the stack beside the reference (the promise gates)."""
+        return bool(self.promises or self.min_speedup is not None or self.max_memory_ratio is not None)

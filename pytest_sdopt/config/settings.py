@@ -218,6 +218,16 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("max-memory-growth", "gate: largest peak-memory growth against this device's stored metrics "
             "(default 10%)", 0.10, _switchable(lambda v, w: parse_fraction(v, w, maximum=None)), kind="gate",
             metavar="PERCENT"),
+    # promise gates: ratios to the reference measured side by side in this session (stacks/promises.py)
+    Setting("min-speedup", "gate: least it/s ratio to the reference, measured interleaved with it in this session, "
+            "e.g. 1.2 (off by default)", None, _switchable(lambda v, w: parse_float(v, w, 0.0)), kind="gate",
+            metavar="RATIO"),
+    Setting("max-memory-ratio", "gate: largest peak-memory ratio to the reference in this session (VRAM on CUDA, "
+            "the run's own host memory elsewhere), e.g. 0.6 (off by default)", None,
+            _switchable(lambda v, w: parse_float(v, w, 0.0)), kind="gate", metavar="RATIO"),
+    Setting("promises", "check each stack against what the registry says its optimizations promise (speed and "
+            "memory ratios to the reference on this device); min-speedup / max-memory-ratio, where set, win",
+            False, _flag, kind="gate", is_flag=True),
     # the session's own
     Setting("baseline-dir", "where baselines are stored (default: baselines/ under rootdir)", None, _text,
             kind="session", is_path=True, metavar="DIR"),

@@ -16,6 +16,7 @@ from typing import Any, Callable, Iterable
 
 from pytest_sdopt.checks.baselines import Baseline, BaselineError, fingerprint
 from pytest_sdopt.checks.checking import CheckedRun, CheckInputs, check_run
+from pytest_sdopt.checks.promises import MemoryRatio, PromiseInputs, bound_for
 from pytest_sdopt.checks.similarity import artifact_folder
 from pytest_sdopt.checks.speed import Verdict, judge_speed
 from pytest_sdopt.config.scenario import GateLimits, Measurement, Scenario
@@ -26,12 +27,18 @@ from pytest_sdopt.harness.session import SdoptSession
 from pytest_sdopt.measure.cleanup import release_memory, watch
 from pytest_sdopt.measure.devices import cpu_threads_for, intra_op_threads, resolve_device, xdist_worker
 from pytest_sdopt.measure.figures import SpeedFigure
+from pytest_sdopt.measure.interleaved import interleave
 from pytest_sdopt.measure.isolation import rng_states_kept
 from pytest_sdopt.measure.memory import high_water_mark, resident_bytes, restart_high_water_marks
 from pytest_sdopt.measure.settling import CHECK_SETTLE_S, settle, settle_recording
 from pytest_sdopt.models.sources import ModelSource
 from pytest_sdopt.results.summary import RunRecord
 from pytest_sdopt.stacks import Stack, parse_stack
+from pytest_sdopt.stacks.promises import MEMORY, METRICS, SPEED, StackPromise, stack_promise
+
+# Without --sdopt-settle, a promise check measures interleaved pairs until its verdict is decided,
+# for at most this long (and at least MIN_PAIRS pairs).
+PROMISE_SETTLE_S = 20.0
 
 
 def stack_name(text: str) -> str:
@@ -272,7 +279,8 @@ class Orchestrator:
         compares with it and it must be recorded), then check the run against what is stored."""
         limits = self.limits(result, gate_keywords)
         inputs = self._record_baselines(result, limits)
-        checked = check_run(result, limits, inputs)
+        promised = self._promise_inputs(result, limits) if limits.checks_promises else None
+        checked = check_run(result, limits, inputs, promised)
         self.session.record_check(checked)
         return checked
 
@@ -322,6 +330,79 @@ class Orchestrator:
         if image or metrics:
             self.session.writes.extend(self.session.store.record(result, image, metrics, tolerance))
         self.session.references_recorded.add((result.stack, result.scenario))
+
+
+    # -- promises: the stack beside the reference, in this session ---------------------------
+
+    def _promise_inputs(self, result: Any, limits: GateLimits) -> PromiseInputs:
+        """The bounds the promise gates check (set limits, else the registry's promises under
+        --sdopt-promises) and what they compare: the memory of the stack's run and of the
+        reference's run of the same scenario (measured once per session, alone, as the stack's
+        was), and their speed ratio from interleaved calls of the two pipelines."""
+        reference = limits.reference
+        if result.stack == reference:
+            why = f"{reference} is the reference itself"
+            return PromiseInputs(reference, bound_for(SPEED, None, True, StackPromise(SPEED, None, reason=why)),
+                                 bound_for(MEMORY, None, True, StackPromise(MEMORY, None, reason=why)))
+        same = {name: getattr(result.scenario, name) for name in SCENARIO_KEYS}
+        plan = self.plan(result.stack, same, "the promise check")
+        reference_plan = self.plan(reference, same, "the promise check's reference")
+        wants_memory = limits.promises or limits.max_memory_ratio is not None
+        reference_result = self._reference_result(reference_plan) if wants_memory else None
+        with rng_states_kept(plan.device), intra_op_threads(plan.device, cpu_threads_for(plan.measurement.cpu_threads)):
+            return self._interleave(result, limits, plan, reference_plan, reference_result)
+
+    def _interleave(self, result: Any, limits: GateLimits, plan: PlannedRun, reference_plan: PlannedRun,
+                    reference_result: Any) -> PromiseInputs:
+        from pytest_sdopt.measure.runner import Runner
+
+        device_type = plan.device.type
+        pipe = reference_pipe = None
+        watched: list[weakref.ref] = []
+        try:
+            pipe, reference_pipe = self.build(plan), self.build(reference_plan)
+            watched = watch(pipe) + watch(reference_pipe)
+            promises = {metric: stack_promise(plan.stack.optimizations, metric, device_type, plan.scenario, pipe)
+                        for metric in METRICS} if limits.promises else {}
+            speed = bound_for(SPEED, limits.min_speedup, limits.promises, promises.get(SPEED))
+            memory = bound_for(MEMORY, limits.max_memory_ratio, limits.promises, promises.get(MEMORY))
+            figure = None
+            if speed.bound is not None:
+                env = self.environment(plan)
+                runner = Runner(pipe, plan.stack, plan.scenario, plan.device, env)
+                reference_runner = Runner(reference_pipe, reference_plan.stack, reference_plan.scenario,
+                                          reference_plan.device, env)
+                for _ in range(max(1, plan.measurement.warmup)):  # first calls carry one-time costs
+                    runner.timed_call()
+                    reference_runner.timed_call()
+                bound = speed.bound
+                budget = plan.measurement.settle_s if plan.measurement.settle_s is not None else PROMISE_SETTLE_S
+                figure = interleave(runner.timed_call, reference_runner.timed_call,
+                                    lambda f: f.low >= bound or f.high < bound, budget)
+                del runner, reference_runner
+        finally:
+            del pipe, reference_pipe
+            release_memory(watched)
+        ratio = None
+        if memory.bound is not None and reference_result is not None:
+            field = "peak_vram_bytes" if device_type == "cuda" else "run_host_bytes"
+            ratio = MemoryRatio(getattr(result, field), getattr(reference_result, field), device_type)
+        return PromiseInputs(limits.reference, speed, memory, figure, ratio)
+
+    def _reference_result(self, plan: PlannedRun) -> Any:
+        """The reference's run of this scenario in this session: one the session already made (a
+        test or the matrix ran it), else run now, once, and shared by every stack's promise check."""
+        key = (plan.stack.name, plan.scenario)
+        cached = self.session.promise_references.get(key)
+        if cached is not None:
+            return cached
+        for record in self.session.records:
+            if record.result is not None and (record.result.stack, record.result.scenario) == key:
+                self.session.promise_references[key] = record.result
+                return record.result
+        result = self._run(plan, None, note="measured as the reference of the promise gates")
+        self.session.promise_references[key] = result
+        return result
 
 
 def feed_benchmark(benchmark: Any, runner: Any, plan: PlannedRun) -> Any:

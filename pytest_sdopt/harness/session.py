@@ -29,6 +29,7 @@ class SdoptSession:
         self.worker_entries: list[dict[str, Any]] = []  # what pytest-xdist workers sent (controller only)
         self._entries: list[dict[str, Any]] | None = None
         self._images: dict[int, Path] = {}  # id(RunRecord) -> its saved image (finish())
+        self.promise_references: dict[Any, Any] = {}  # (reference, scenario) -> its RunResult (promise gates)
         self.references_recorded: set[Any] = set()  # (stack, scenario) recorded under --sdopt-update-baselines
         self.writes: list[Any] = []  # baselines.BaselineWrite: every file --sdopt-update-baselines wrote
         self.worker_writes: list[dict[str, Any]] = []  # what pytest-xdist workers wrote (controller only)

@@ -194,6 +194,20 @@ class Runner:
         else:
             self.warmups.append(end - clock.call_start)
 
+    def timed_call(self) -> list[float]:
+        """One more call, seeded as every other, returning only its step times: what interleaving
+        with another pipeline pairs (no memory tracking, no reference workload, nothing recorded)."""
+        import torch
+
+        torch.manual_seed(self.scenario.seed)
+        self.stack.before_each_call(self.pipe)
+        generator = torch.Generator("cpu").manual_seed(self.scenario.seed)
+        clock = StepClock(self.device)
+        with clock.watching(self.pipe):
+            self.pipe(**self.kwargs, generator=generator, callback_on_step_end=clock.on_step_end)
+            clock.stop()
+        return clock.step_times()
+
     def speed(self) -> SpeedFigure:
         """The speed figure of the calls measured so far (what settling judges)."""
         return SpeedFigure.measured(self.step_times, self.reference_s)

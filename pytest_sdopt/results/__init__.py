@@ -1,1 +1,2 @@
-"""results"""
+"""What a session reports: run records and the terminal table, the results JSON and its schema,
+the HTML report, and `sdopt compare`."""

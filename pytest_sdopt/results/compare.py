@@ -113,7 +113,22 @@ def _compare_one(key: tuple[str, str, int], old: dict[str, Any] | None, new: dic
     if old["outcome"] == "passed" and new["outcome"] == "failed":
         failed = ", ".join(g["gate"] for g in new["gates"] if g["status"] == "FAIL")
         row.regressions.append(f"gates fail in NEW: {failed}")
+    _compare_promises(old, new, row)
     return row
+
+
+PROMISE_GATES = ("min_speedup", "max_memory_ratio")
+
+
+def _compare_promises(old: dict[str, Any], new: dict[str, Any], row: StackComparison) -> None:
+    """A promise (or a promise gate's bound) that held in OLD and breaks in NEW is a regression of its
+    own, whatever the rest of the check did: the optimization stopped doing what it is for."""
+    before = {g["gate"]: g for g in old.get("gates") or () if g["gate"] in PROMISE_GATES}
+    for gate in new.get("gates") or ():
+        held = before.get(gate["gate"])
+        if held is not None and held["status"] == "pass" and gate["status"] == "FAIL":
+            row.regressions.append(f"promise broken in NEW: {gate['gate']} {gate['measured'].split(' (')[0]} "
+                                   f"({gate['limit']}; held in OLD at {held['measured'].split(' (')[0]})")
 
 
 def _compare_speed(before: dict[str, Any], after: dict[str, Any], limit: float, row: StackComparison) -> None:

@@ -3,7 +3,7 @@
 Everything after a run reads entries, never live objects: the terminal table, the JSON file,
 the HTML report, junitxml properties, `sdopt compare`, and the merge of pytest-xdist workers
 (a worker sends its entries to the controller as plain JSON-able data). The schema is
-`results.schema.json` next to this module and is documented in the README.
+`results.schema.json` next to this module and is documented in docs/reports.md.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from typing import Any, Iterable
 from pytest_sdopt.checks.similarity import run_suffix
 from pytest_sdopt.core.files import atomic_write_text, safe_name
 
-SCHEMA_VERSION = 2  # 2: the inconclusive verdict, run_host_bytes, the speed figure's intervals
-READABLE_VERSIONS = (1, 2)  # `sdopt compare` still reads files written before
+SCHEMA_VERSION = 3  # 3: the promise gates (min_speedup, max_memory_ratio); 2: the inconclusive verdict, run_host_bytes, the speed figure's intervals
+READABLE_VERSIONS = (1, 2, 3)  # `sdopt compare` still reads files written before
 SCHEMA_FILE = Path(__file__).resolve().parent / "results.schema.json"
 FIGURES = ("its", "total_s", "peak_vram_bytes", "peak_vram_reserved_bytes", "peak_device_bytes", "peak_host_bytes")
 # Optional in the schema: files written before they existed lack them.

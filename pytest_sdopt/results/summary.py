@@ -104,17 +104,35 @@ def reference_entry(entry: dict[str, Any], entries: list[dict[str, Any]]) -> dic
     return None
 
 
+PROMISE_WORDS = {"pass": "kept", "FAIL": "BROKEN", "inconclusive": "?"}
+PROMISE_LABELS = {"min_speedup": "speed", "max_memory_ratio": "memory"}
+
+
+def promise_cell(entry: dict[str, Any]) -> str:
+    """The promise gates of a run as the table shows them: `speed 0.51x >= 0.90x BROKEN; memory 0.3x <= 1.00x kept`."""
+    parts = []
+    for gate in entry.get("gates") or ():
+        if gate["gate"] not in PROMISE_LABELS or gate["status"] == "n/a" or gate.get("value") is None:
+            continue
+        bound = " ".join(gate["limit"].split()[:2])  # ">= 0.90x"
+        parts.append(f"{PROMISE_LABELS[gate['gate']]} {gate['value']:.2f}x {bound} {PROMISE_WORDS[gate['status']]}")
+    return "; ".join(parts) or "-"
+
+
 def table_rows(entries: Iterable[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
     entries = list(entries)
     show_test = any(not entry["in_matrix"] for entry in entries)
+    show_promises = any(gate["gate"] in PROMISE_LABELS for entry in entries for gate in entry.get("gates") or ())
     header = (["test"] if show_test else []) + ["stack", "device", "it/s", "vs ref", "peak VRAM", "vs ref",
                                                  "peak host", "run host", "vs ref", "SSIM", "verdict"]
+    header += ["promises"] if show_promises else []
     rows = []
     for entry in entries:
         cells = [run_label(entry)] if show_test else []
         figures = entry["figures"]
         if figures is None:
             cells += [entry["stack"], "", "", "", "", "", "", "", "", "", verdict(entry)]
+            cells += [""] if show_promises else []
         else:
             reference = (reference_entry(entry, entries) or {}).get("figures") or {}
             cells += [
@@ -124,6 +142,7 @@ def table_rows(entries: Iterable[dict[str, Any]]) -> tuple[list[str], list[list[
                 _ratio(figures.get("run_host_bytes"), reference.get("run_host_bytes")),
                 "-" if entry["ssim"] is None else f"{entry['ssim']:.4f}", verdict(entry),
             ]
+            cells += [promise_cell(entry)] if show_promises else []
         rows.append(cells)
     return header, rows
 

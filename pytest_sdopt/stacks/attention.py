@@ -6,6 +6,7 @@ from collections import Counter
 from typing import Any
 
 from pytest_sdopt.core.errors import StackUnsupported
+from pytest_sdopt.stacks.promises import Promise, MEMORY, SPEED
 from pytest_sdopt.stacks.spec import (ApplyContext, Effect, OptimizationSpec, Phase, counted, diffusers_version, first_method,
                                       needs_cuda, needs_package)
 
@@ -73,9 +74,15 @@ ATTENTION_EFFECT = Effect(_attention_processors, _processors_unchanged)
 SPECS = (
     OptimizationSpec("xformers", Phase.ATTENTION, "xformers memory-efficient attention", 0.98,
                      _apply_xformers, needs=(needs_package("xformers"), needs_cuda), exclusive_group="attention",
-                     effect=ATTENTION_EFFECT),
+                     effect=ATTENTION_EFFECT,
+                     promises=(Promise(MEMORY, 1.0, ("cuda",), "FACTS.md: no gain on PyTorch >= 2.0, and no loss"),
+                               Promise(SPEED, 0.9, ("cuda",), "FACTS.md: no gain on PyTorch >= 2.0 (SDPA is built in)"))),
     OptimizationSpec("sdpa", Phase.ATTENTION, "PyTorch 2 scaled-dot-product attention processors", 0.99,
-                     _apply_sdpa, exclusive_group="attention", effect=ATTENTION_EFFECT),
+                     _apply_sdpa, exclusive_group="attention", effect=ATTENTION_EFFECT,
+                     promises=(Promise(MEMORY, 1.05, ("cuda",), "torch >= 2 uses SDPA by default: setting it explicitly changes nothing"),
+                               Promise(SPEED, 0.9, ("cuda", "cpu"), "torch >= 2 uses SDPA by default: setting it explicitly changes nothing"))),
     OptimizationSpec("attention_slicing", Phase.ATTENTION, "attention computed in slices", 0.99,
-                     _apply_attention_slicing, exclusive_group="attention", effect=ATTENTION_EFFECT),
+                     _apply_attention_slicing, exclusive_group="attention", effect=ATTENTION_EFFECT,
+                     promises=(Promise(MEMORY, 1.0, ("cuda",), "FACTS.md: older diffusers docs, ~3.2 GB about 10% slower"),
+                               Promise(SPEED, 0.8, ("cuda",), "FACTS.md: older diffusers docs, about 10% slower"))),
 )

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from pytest_sdopt.core.errors import StackUnsupported
+from pytest_sdopt.stacks.promises import Promise, SPEED
 from pytest_sdopt.stacks.spec import ApplyContext, Effect, OptimizationSpec, Phase, needs_compiler_toolchain
 
 
@@ -30,5 +31,7 @@ def _compile_unchanged(_was_compiled: bool) -> str:
 SPECS = (
     OptimizationSpec("compile", Phase.COMPILE, "torch.compile of the UNet", 0.98,
                      _apply_compile, needs=(needs_compiler_toolchain,),
-                     effect=Effect(_compiled, _compile_unchanged)),
+                     effect=Effect(_compiled, _compile_unchanged),
+                     promises=(Promise(SPEED, 1.0, ("cuda",), "FACTS.md: 31 -> 37 it/s on an A100; FACTS.md, H200 matrix of sd15-random 1.15x"),),
+                     promises_nothing=(("cpu", "its CPU gain depends on the C++ toolchain and the model's size"),)),
 )

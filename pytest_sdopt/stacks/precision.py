@@ -6,6 +6,7 @@ from typing import Any, Callable
 
 from pytest_sdopt.config.defaults import REFERENCE
 from pytest_sdopt.core.errors import StackUnsupported
+from pytest_sdopt.stacks.promises import Promise, MEMORY, SPEED
 from pytest_sdopt.stacks.spec import ApplyContext, Effect, OptimizationSpec, Phase, first_method, torch_modules
 
 
@@ -68,13 +69,22 @@ DTYPE_EFFECT = Effect(_weight_dtypes, _dtypes_unchanged)
 # differs in the last bit of a few pixels, and the reference must survive that, not a real change.
 SPECS = (
     OptimizationSpec(REFERENCE, Phase.PRECISION, "float32 weights (the reference)", 0.99,
-                     _set_dtype("float32"), exclusive_group="precision"),
+                     _set_dtype("float32"), exclusive_group="precision",
+                     promises_nothing=(("cpu", "the reference itself"), ("cuda", "the reference itself"))),
     OptimizationSpec("fp16", Phase.PRECISION, "float16 weights", 0.95,
                      _set_dtype("float16"), exclusive_group="precision", effect=DTYPE_EFFECT,
-                     default_min_self_ssim=0.95),
+                     default_min_self_ssim=0.95,
+                     promises=(Promise(MEMORY, 0.65, ("cuda",), "FACTS.md: 4.7 of 8.4 GB (0.56x); FACTS.md, H200 matrix of sd15-random 0.51x"),
+                               Promise(SPEED, 1.0, ("cuda",), "FACTS.md: 19.1 vs 7.51 it/s (2.54x); FACTS.md, H200 matrix of sd15-random 1.12x, host-bound")),
+                     promises_nothing=(("cpu", "fp16 is not for CPU: no hardware support, it runs very slowly (FACTS.md)"),)),
     OptimizationSpec("bf16", Phase.PRECISION, "bfloat16 weights", 0.9,
                      _set_dtype("bfloat16"), exclusive_group="precision", effect=DTYPE_EFFECT,
-                     default_min_self_ssim=0.95),
+                     default_min_self_ssim=0.95,
+                     promises=(Promise(MEMORY, 0.65, ("cuda",), "FACTS.md: 4.7 of 8.4 GB (0.56x)"),
+                               Promise(SPEED, 1.0, ("cuda",), "FACTS.md: 19.1 vs 7.51 it/s (2.54x)")),
+                     promises_nothing=(("cpu", "no measured CPU gain to promise (bf16 arithmetic is emulated on most CPUs)"),)),
     OptimizationSpec("layerwise_fp8", Phase.PRECISION, "UNet weights stored in float8, computed in the pipeline dtype",
-                     0.85, _apply_layerwise_fp8, effect=Effect(_float8_weights, _float8_unchanged), default_min_self_ssim=0.95),
+                     0.85, _apply_layerwise_fp8, effect=Effect(_float8_weights, _float8_unchanged), default_min_self_ssim=0.95,
+                     promises=(Promise(MEMORY, 0.85, ("cuda",), "UNet weights stored in 1 byte instead of 4: the UNet is 860 M of SD 1.5's 1066 M parameters"),),
+                     promises_nothing=(("cpu", "it saves weight memory only; on CPU the weights are mapped files, not the run's own memory"),)),
 )

@@ -6,6 +6,7 @@ import math
 from collections import Counter
 from typing import Any
 
+from pytest_sdopt.stacks.promises import Promise, SPEED
 from pytest_sdopt.stacks.spec import ApplyContext, Effect, OptimizationSpec, Phase, needs_package
 
 
@@ -93,5 +94,6 @@ SPECS = (
     OptimizationSpec("tome", Phase.TOKEN_MERGING, "Token Merging (tomesd); tome:R sets the ratio", 0.8,
                      _apply_tome, needs=(needs_package("tomesd"),), default_value=0.5, value_range=(0.0, 1.0),
                      before_each_call=_reset_tome_generator, effect=Effect(inert=_tome_inert),
-                     default_min_self_ssim=0.95),
+                     default_min_self_ssim=0.95,
+                     promises=(Promise(SPEED, 1.0, ("cuda",), "FACTS.md: ~19 -> ~20 it/s; tomesd's authors 1.87x at ratio 0.5"),)),
 )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+from pytest_sdopt.stacks.promises import Promise, MEMORY, a_batch_of_several, larger_than_a_vae_tile
 from pytest_sdopt.stacks.spec import ApplyContext, Effect, OptimizationSpec, Phase, first_method
 
 
@@ -34,9 +35,15 @@ def _flag_unchanged(attribute: str, doing: str) -> Callable[[Any], str]:
 SPECS = (
     OptimizationSpec("vae_tiling", Phase.VAE, "VAE decodes in overlapping tiles", 0.85,
                      _vae_switch("vae_tiling", "enable_tiling", "enable_vae_tiling"),
-                     effect=Effect(_vae_flag("use_tiling"), _flag_unchanged("use_tiling", "decoded in tiles"))),
+                     effect=Effect(_vae_flag("use_tiling"), _flag_unchanged("use_tiling", "decoded in tiles")),
+                     promises=(Promise(MEMORY, 0.9, ("cuda",), "FACTS.md: 7.6 -> 5.1 GB at 1024x1024 (tiling saves 20-30%)",
+                                       larger_than_a_vae_tile),
+                               Promise(MEMORY, 1.0, ("cpu",), "decoding in tiles never needs more memory than decoding whole",
+                                       larger_than_a_vae_tile))),
     OptimizationSpec("vae_slicing", Phase.VAE, "VAE decodes one image of the batch at a time", 0.98,
                      _vae_switch("vae_slicing", "enable_slicing", "enable_vae_slicing"),
                      effect=Effect(_vae_flag("use_slicing"),
-                                   _flag_unchanged("use_slicing", "decoded one image at a time"))),
+                                   _flag_unchanged("use_slicing", "decoded one image at a time")),
+                     promises=(Promise(MEMORY, 1.0, ("cuda", "cpu"), "FACTS.md: diffusers' nightly VAE slicing ceiling with 4 images",
+                                       a_batch_of_several),)),
 )
