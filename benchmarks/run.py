@@ -33,6 +33,7 @@ PARTS = {  # name: (script, arguments, --quick arguments)
     "memory": ("memory_accuracy.py", [], ["--stacks", "fp32"]),
     "speed": ("speed_gate.py", ["--runs", "10", "--settle", "60"], ["--runs", "2", "--settle", "10"]),
     "verdicts": ("verdicts.py", ["--sessions", "10"], ["--sessions", "2"]),
+    "promises": ("promises.py", ["--sessions", "10"], ["--sessions", "2"]),
 }
 TAKES_MODEL = ("overhead", "matrix", "memory")
 

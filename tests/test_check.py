@@ -212,7 +212,7 @@ def test_check_rejects_what_is_not_a_run_result_and_unknown_gates(run_sdopt):
     result.stdout.fnmatch_lines_random([
         "*sdopt: sdopt.check() takes the RunResult that sdopt.run() returned, not str.",
         "*sdopt: sdopt.check got unknown keyword(s) max_ram. Valid: max_vram, max_host_memory, min_its, min_ssim, "
-        "min_self_ssim, reference, max_its_drop, max_memory_growth.",
+        "min_self_ssim, reference, max_its_drop, max_memory_growth, min_speedup, max_memory_ratio, promises.",
         "*sdopt: sdopt.check(max_vram=...) must be a byte count such as*not 'five gigs'.",
     ])
     assert "Traceback" not in result.stdout.str()

@@ -146,7 +146,7 @@ def test_markers_are_whole_lines_and_a_misspelt_one_is_an_error():
         with pytest.raises(ValueError, match="marker"):
             tables.render(f"text\n{bad}\ntext")
     markers = {page.name: tables.MARKER.findall(page.read_text(encoding="utf-8")) for page in DOCS.glob("*.md")}
-    assert markers["settings.md"] == [("settings", "")] and markers["gates.md"] == [("settings", "gate")]
+    assert markers["settings.md"] == [("settings", "")] and markers["gates.md"] == [("settings", "gate"), ("promises", "")]
     assert markers["stacks.md"] == [("stacks", "")] and markers["reports.md"] == [("schema", "")]
 
 
