@@ -36,8 +36,9 @@ def test_autoload_alone_loads_it_and_disabling_autoload_leaves_it_out(pytester, 
 
 # What a repo with the plugin installed pays in every session: the hooks, the settings table
 # and option parsing. The rest is imported by the first hook that needs it.
-LOADED_UP_FRONT = ["pytest_sdopt", "pytest_sdopt.core.errors", "pytest_sdopt.config.parsers", "pytest_sdopt.plugin",
-                   "pytest_sdopt.config.settings"]
+LOADED_UP_FRONT = ["pytest_sdopt", "pytest_sdopt.config", "pytest_sdopt.config.defaults", "pytest_sdopt.config.parsers",
+                   "pytest_sdopt.config.settings", "pytest_sdopt.core", "pytest_sdopt.core.errors",
+                   "pytest_sdopt.hookspecs", "pytest_sdopt.plugin"]
 
 
 @pytest.mark.parametrize("report", [(), ("--sdopt-json", "results.json")])

@@ -139,7 +139,7 @@ def test_a_random_model_is_built_once_then_loaded_from_its_saved_weights(tmp_pat
     """sd15-random's path, on the tiny architecture: built on the CPU, saved, then every load reads the files."""
     import torch
 
-    from pytest_sdopt.models.sources import sources as models
+    from pytest_sdopt.models import sources as models
     from pytest_sdopt.models.architectures import TINY
 
     stale = tmp_path / "tiny-seed0-torch1.0-diffusers0.1-transformers4.0"
