@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Every harness benchmark of issue 7 in one run: each ratio, its target and pass/FAIL.
 
-    .venv/bin/python benchmarks/run.py [--only overhead,matrix,import,memory,speed,verdicts] [--quick]
+    .venv/bin/python benchmarks/run.py [--only overhead,matrix,import,memory,speed,verdicts,promises,promise_ratios] [--quick]
 
 Each part runs in a process of its own, so none inherits another's imports, caches or memory
 (a child's peak RSS as the kernel reports it even includes its parent's at the fork). Without
@@ -34,6 +34,7 @@ PARTS = {  # name: (script, arguments, --quick arguments)
     "speed": ("speed_gate.py", ["--runs", "10", "--settle", "60"], ["--runs", "2", "--settle", "10"]),
     "verdicts": ("verdicts.py", ["--sessions", "10"], ["--sessions", "2"]),
     "promises": ("promises.py", ["--sessions", "10"], ["--sessions", "2"]),
+    "promise_ratios": ("promise_ratios.py", ["--seconds", "20"], ["--seconds", "3", "--stacks", "tome,vae_tiling"]),
 }
 TAKES_MODEL = ("overhead", "matrix", "memory")
 

@@ -110,10 +110,20 @@ def stacks_table() -> str:
         label = f"`{name}`" if spec.default_value is None else f"`{name}`, `{name}:R` (R default {spec.default_value:g})"
         rows.append((label, spec.phase.name.lower().replace("_", " "), cell(spec.summary),
                      ", ".join(requirement_text(need) for need in spec.needs) or "—",
+                     acts_on_text(spec.acts_on),
                      f"`{spec.exclusive_group}`" if spec.exclusive_group else "—",
                      f"{_number(spec.default_min_ssim)} / {_number(spec.default_min_self_ssim)}"))
-    return _table(("name", "phase", "what it does", "needs", "one per stack of",
+    return _table(("name", "phase", "what it does", "needs", "acts on", "one per stack of",
                    "default `min_ssim` / `min_self_ssim`"), rows)
+
+
+def acts_on_text(kinds: tuple[str, ...] | None) -> str:
+    """The denoisers an optimization acts on, in words (models/families.py: SD 1.5 and SDXL have a
+    UNet, SD3 a transformer)."""
+    if kinds is None:
+        return "any pipeline"
+    return " or ".join({"unet": "a UNet (SD 1.5, SDXL)", "transformer": "a transformer (SD3)"}.get(kind, kind)
+                       for kind in kinds)
 
 
 def promises_table() -> str:

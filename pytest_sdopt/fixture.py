@@ -21,7 +21,7 @@ from pytest_sdopt.checks.checking import CheckedRun, update_command
 from pytest_sdopt.checks.promises import PROMISE_GATES
 from pytest_sdopt.config.defaults import REFERENCE
 from pytest_sdopt.config.settings import GATE_KEYWORDS
-from pytest_sdopt.core.errors import RunOutOfMemory, SdoptUsageError, SdoptWarning, StackUnsupported
+from pytest_sdopt.core.errors import PipelineCallFailed, RunOutOfMemory, SdoptUsageError, SdoptWarning, StackUnsupported
 from pytest_sdopt.harness.runs import PlannedRun, NodeIdentity, Orchestrator
 from pytest_sdopt.harness.session import SdoptSession
 from pytest_sdopt.measure.cleanup import release_memory
@@ -159,7 +159,7 @@ class Sdopt:
         failure = skipped = None
         try:
             yield
-        except (SdoptUsageError, StackApplyError, RunOutOfMemory) as exc:
+        except (SdoptUsageError, StackApplyError, RunOutOfMemory, PipelineCallFailed) as exc:
             failure = f"sdopt: {exc}"
         except StackUnsupported as exc:
             skipped = f"sdopt: stack {str(stack)!r} cannot run here: {exc}"

@@ -42,7 +42,8 @@ TABLE = [
      "*model 'nobody/no-such-model' is no folder (none at '*nobody/no-such-model') and, as a hub id, not in the local "
      "Hugging Face cache*"),
     ("unknown marker keyword", (), "import pytest\n@pytest.mark.sdopt(max_ram='1GB')\n" + CHECK, FAILED,
-     "*@pytest.mark.sdopt got an unknown keyword 'max_ram'. Valid keywords: *"),
+     "*@pytest.mark.sdopt got unknown keyword(s) max_ram: neither an sdopt setting nor an argument of "
+     "StableDiffusionPipeline.__call__. Did you mean 'max_ram' -> 'max_vram'? sdopt settings: *"),
     ("results dir under a file", ("--sdopt-results-dir", "a-file/results"), CHECK, USAGE,
      "*--sdopt-results-dir '*a-file/results' cannot be created: '*a-file' is a file. Choose another folder."),
     ("unknown matrix stack", ("--sdopt-matrix=fp32,bf17",), CHECK, USAGE,

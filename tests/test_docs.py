@@ -81,7 +81,8 @@ def test_the_stacks_table_has_a_row_per_registered_optimization():
     rows = table_rows(tables.stacks_table())
     assert [row[0].split("`")[1] for row in rows] == list(REGISTRY)
     for row, spec in zip(rows, REGISTRY.values()):
-        name, phase, summary, needs, group, floors = row
+        name, phase, summary, needs, acts_on, group, floors = row
+        assert acts_on == ("any pipeline" if spec.acts_on is None else "a UNet (SD 1.5, SDXL)"), (name, acts_on)
         min_ssim, min_self_ssim = floors.split(" / ")
         assert phase == spec.phase.name.lower().replace("_", " ") and summary == tables.cell(spec.summary)
         assert float(min_ssim) == spec.default_min_ssim and float(min_self_ssim) == spec.default_min_self_ssim
@@ -97,8 +98,8 @@ def test_the_stacks_table_is_rendered_from_the_registry_when_called(monkeypatch)
                             needs=(needs_package("made_up_pkg"), needs_cuda), effect=Effect(lambda pipe: 0, str))
     monkeypatch.setitem(REGISTRY, "made_up", spec)
     row = next(row for row in table_rows(tables.render("<!-- sdopt:stacks -->")) if "made_up" in row[0])
-    assert row[1:] == ["vae", "an optimization made up here", "the `made_up_pkg` package, a CUDA device", "—",
-                       "0.42 / 0.98"]
+    assert row[1:] == ["vae", "an optimization made up here", "the `made_up_pkg` package, a CUDA device",
+                       "any pipeline", "—", "0.42 / 0.98"]
 
 
 def _property_paths(node: dict, schema: dict, prefix: str = "") -> list[str]:

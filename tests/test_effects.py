@@ -187,7 +187,7 @@ CASES = {
                       r"channels_last changed nothing: all \d+ convolution weights of the UNet and VAE were "
                       r"already channels-last"),
     "compile": (lambda p: p.unet._compiled_call_impl is not None, lambda p: p.unet.compile(),
-                r"compile changed nothing: the UNet was already compiled"),
+                r"compile changed nothing: the denoiser was already compiled"),
 }
 
 

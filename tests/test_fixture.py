@@ -151,8 +151,11 @@ def test_an_unknown_marker_or_run_keyword_names_the_valid_ones(run_sdopt):
     """)
     result.assert_outcomes(failed=2)
     result.stdout.fnmatch_lines_random([
-        "*@pytest.mark.sdopt got an unknown keyword 'stepz'. Valid keywords: model, device, prompt, seed, size*",
-        "*sdopt.run got unknown keyword(s) sizes. Valid: model*",
+        "*@pytest.mark.sdopt got unknown keyword(s) stepz: neither an sdopt setting nor an argument of "
+        "StableDiffusionPipeline.__call__. Did you mean 'stepz' -> 'steps'? sdopt settings: model, device, prompt, seed, "
+        "size*",
+        "*sdopt.run got unknown keyword(s) sizes: neither an sdopt setting nor an argument of *Did you mean "
+        "'sizes' -> 'size'? sdopt settings: model*",
     ])
 
 

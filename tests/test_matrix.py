@@ -81,3 +81,21 @@ def test_the_shipped_baselines_cover_the_main_job_on_the_embedded_model():
     # Speed and memory figures belong to the machine that measured them: none are shipped.
     assert not list((REPO / "baselines").rglob("*.json")) or all(
         p.name == "scenario.json" for p in (REPO / "baselines").rglob("*.json"))
+
+
+def test_the_matrix_with_promises_passes_on_the_embedded_model_and_shows_each_promise(pytester):
+    """What CI runs on a fresh clone (`--sdopt-matrix --sdopt-promises`), at the suite's small size:
+    every CPU promise the registry makes is kept or inconclusive, none broken, each shown in the table."""
+    stacks = "fp32,bf16,attention_slicing,vae_slicing,tome,channels_last"
+    result = matrix(pytester, f"--sdopt-matrix={stacks}", "--sdopt-promises", "--sdopt-min-ssim", "off",
+                    "--sdopt-min-self-ssim", "off", "--sdopt-settle", "20")
+    result.assert_outcomes(passed=6)
+    output = result.stdout.str()
+    assert "BROKEN" not in output and "promise broken" not in output
+    result.stdout.fnmatch_lines_random([
+        "*stack * verdict * promises*",
+        "attention_slicing * speed *x >= 0.55x *",
+        "tome * speed *x >= 0.75x *",
+        "channels_last * speed *x >= 0.75x *",
+        "vae_slicing * speed *x >= 0.85x *",
+    ])

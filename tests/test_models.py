@@ -85,7 +85,7 @@ def test_a_cached_hub_id_loads_offline(run_sdopt, tmp_path, monkeypatch):
 
 def test_a_name_that_is_neither_gets_the_list_of_kinds():
     # Not of the form org/name, so only a folder: "no such folder" and the other kinds, no hub-cache advice.
-    with pytest.raises(SdoptUsageError, match="no such folder.*'tiny', embedded; 'sd15-random'; a cached hub id") as raised:
+    with pytest.raises(SdoptUsageError, match="no such folder.*'tiny', embedded; 'sd15-random', 'sdxl-random', 'sd3-random'; a cached hub id") as raised:
         resolve_model("not a model")
     assert "Hugging Face cache" not in str(raised.value)
 
@@ -99,6 +99,29 @@ def test_sd15_random_has_the_published_parameter_counts():
     assert next(parts["unet"].parameters()).device.type == "meta"
     source = resolve_model("sd15-random")
     assert (source.default_size, source.default_steps) == ((512, 512), 20)
+
+
+# The published models' parameter counts (SDXL base 1.0; SD3 medium, whose T5 is left out).
+PUBLISHED = {
+    "sdxl-random": {"unet": 2_567_463_684, "vae": 83_653_863, "text_encoder": 123_060_480,
+                    "text_encoder_2": 694_659_840},
+    "sd3-random": {"transformer": 2_028_328_000, "vae": 83_819_683, "text_encoder": 123_650_304,
+                   "text_encoder_2": 694_659_840},
+}
+
+
+@pytest.mark.parametrize("name", sorted(PUBLISHED))
+def test_sdxl_and_sd3_random_have_the_published_parameter_counts(name):
+    from pytest_sdopt.models.architectures import RANDOM
+
+    parts = build_components(RANDOM[name], seed=0, device="meta", special_token_ids={"eos_token_id": 49407})
+    counts = {part: sum(p.numel() for p in parts[part].parameters()) for part in PUBLISHED[name]}
+    assert counts == PUBLISHED[name]
+    source = resolve_model(name)
+    family = {"sdxl-random": ("sdxl", "StableDiffusionXLPipeline", "unet"),
+              "sd3-random": ("sd3", "StableDiffusion3Pipeline", "transformer")}[name]
+    assert (source.family.name, source.pipeline_class_name(), source.denoiser.kind) == family
+    assert source.default_size == (1024, 1024)
 
 
 def test_the_shipped_files_are_those_the_training_run_recorded():

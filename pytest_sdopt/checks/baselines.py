@@ -26,6 +26,8 @@ from typing import Any, Callable
 
 from pytest_sdopt.core.errors import SdoptUsageError
 from pytest_sdopt.core.files import atomic_write, safe_name
+from pytest_sdopt.config.call_args import document, key_part
+from pytest_sdopt.config.defaults import NAMED_MODELS
 from pytest_sdopt.config.scenario import Scenario
 
 SCHEMA = 1
@@ -38,7 +40,7 @@ def model_label(model: str) -> str:
     """How stored files name a model: a folder by its own name (not a path that differs per machine),
     anything else as given."""
     path = Path(model).expanduser()
-    if model not in ("tiny", "sd15-random") and path.exists():
+    if model not in NAMED_MODELS and path.exists():
         return path.resolve().name
     return model
 
@@ -49,9 +51,11 @@ def model_key(model: str) -> str:
 
 
 def scenario_key(scenario: Scenario) -> str:
-    """`128x128-10steps-seed1-cfg7.5-p1a2b3c4d`: everything that decides the image except the device."""
+    """`128x128-10steps-seed1-cfg7.5-p1a2b3c4d`: everything that decides the image except the device;
+    with the pipeline's own call arguments, `-a<hash of them>` after it (config/call_args.py)."""
     prompt = hashlib.sha256(scenario.prompt.encode("utf-8")).hexdigest()[:9]
-    return f"{scenario.size_text}-{scenario.steps}steps-seed{scenario.seed}-cfg{scenario.guidance:g}-p{prompt}"
+    return (f"{scenario.size_text}-{scenario.steps}steps-seed{scenario.seed}-cfg{scenario.guidance:g}-p{prompt}"
+            f"{key_part(scenario.call_args)}")
 
 
 def stack_key(stack: str) -> str:
@@ -262,7 +266,8 @@ class BaselineError(SdoptUsageError):
 
 def _scenario_document(scenario: Scenario) -> dict[str, Any]:
     return {"schema": SCHEMA, "model": model_label(scenario.model), "size": list(scenario.size) if scenario.size else None,
-            "steps": scenario.steps, "seed": scenario.seed, "guidance": scenario.guidance, "prompt": scenario.prompt}
+            "steps": scenario.steps, "seed": scenario.seed, "guidance": scenario.guidance, "prompt": scenario.prompt,
+            **({"call_args": document(scenario.call_args)} if scenario.call_args else {})}
 
 
 def _metrics_entry(result: Any) -> dict[str, Any]:

@@ -16,7 +16,8 @@ REFERENCE = "fp32"
 # scene it was trained on, and the guidance it draws cleanly at).
 DEFAULT_PROMPT = "high resolution, a photograph of an astronaut riding a horse"
 DEFAULT_GUIDANCE = 7.5
-NAMED_MODELS = ("tiny", "sd15-random")
+RANDOM_MODELS = ("sd15-random", "sdxl-random", "sd3-random")  # published architectures, random weights
+NAMED_MODELS = ("tiny", *RANDOM_MODELS)
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 

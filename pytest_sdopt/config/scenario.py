@@ -4,15 +4,20 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from pytest_sdopt.config.defaults import REFERENCE
 
 
 @dataclass(frozen=True)
 class Scenario:
-    """Model, device, prompt, seed, size, steps, guidance: everything that decides the image.
+    """Model, device, prompt, seed, size, steps, guidance and the pipeline's own call arguments:
+    everything that decides the image.
 
     `prompt`, `size`, `steps` and `guidance` are None only until the model's defaults are filled in.
+    `call_args`: keywords passed to the pipeline's `__call__` as given (`negative_prompt`,
+    `clip_skip`, ...), as sorted (name, value) pairs so the scenario stays hashable; values are
+    JSON values (config/call_args.py), so the baseline key and scenario.json can record them.
     """
 
     model: str
@@ -22,6 +27,16 @@ class Scenario:
     size: tuple[int, int] | None
     steps: int | None
     guidance: float | None
+    call_args: tuple[tuple[str, Any], ...] = ()
+
+    @property
+    def call_arguments(self) -> dict[str, Any]:
+        return {name: _thawed(value) for name, value in self.call_args}
+
+    @property
+    def images_per_prompt(self) -> int:
+        """How many images one call draws (the pipeline's `num_images_per_prompt`, 1 unless set)."""
+        return int(dict(self.call_args).get("num_images_per_prompt") or 1)
 
     @property
     def size_text(self) -> str:
@@ -60,3 +75,8 @@ class GateLimits:
     def checks_promises(self) -> bool:
         """Whether the check measures the stack beside the reference (the promise gates)."""
         return bool(self.promises or self.min_speedup is not None or self.max_memory_ratio is not None)
+
+
+def _thawed(value: Any) -> Any:
+    """A call argument as the pipeline takes it: lists, where the scenario keeps tuples."""
+    return [_thawed(item) for item in value] if isinstance(value, tuple) else value

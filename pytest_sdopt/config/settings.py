@@ -179,7 +179,7 @@ class Setting:
 
 
 SETTINGS: tuple[Setting, ...] = (
-    Setting("model", "tiny (embedded, default), sd15-random, a diffusers folder, or a cached hub id",
+    Setting("model", "tiny (embedded, default), sd15-random, sdxl-random, sd3-random, a diffusers folder, or a cached hub id",
             "tiny", _text, metavar="MODEL"),
     Setting("device", "auto (cuda if available, else cpu), cpu, cuda, cuda:N or mps", "auto", _device,
             metavar="DEVICE"),
@@ -359,8 +359,12 @@ def misspelled_marker(names: Iterable[str], registered: Iterable[str]) -> str | 
     return None
 
 
-def marker_overrides(markers: Iterable[Any], stack_name: StackName | None = None) -> dict[str, Any]:
-    """The keywords of `@pytest.mark.sdopt` markers, closest first (a method's beats its class's)."""
+def marker_overrides(markers: Iterable[Any], stack_name: StackName | None = None,
+                     call_args: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The keywords of `@pytest.mark.sdopt` markers, closest first (a method's beats its class's).
+
+    `call_args`: where keywords that are no sdopt setting go (the pipeline's own arguments, checked
+    against its signature when a run is planned); None: such a keyword is an error here."""
     merged: dict[str, Any] = {}
     for marker in markers:
         if marker.args:
@@ -369,6 +373,9 @@ def marker_overrides(markers: Iterable[Any], stack_name: StackName | None = None
                 f"{marker.args!r}."
             )
         for key, value in marker.kwargs.items():
+            if key not in MARKER_KEYWORDS and call_args is not None:
+                call_args.setdefault(key, value)
+                continue
             if key not in MARKER_KEYWORDS:
                 raise SdoptUsageError(
                     f"@pytest.mark.sdopt got an unknown keyword {key!r}. Valid keywords: {', '.join(MARKER_KEYWORDS)}."

@@ -29,6 +29,29 @@ class RunOutOfMemory(Exception):
     """A run exhausted its device's memory; the message has the phase, the peak reached and the ceiling."""
 
 
+class PipelineCallFailed(Exception):
+    """The pipeline's own call raised (not out of memory): one paragraph naming the error, where in
+    which library it was raised, the call arguments sdopt passed through and the versions, instead
+    of a traceback through diffusers' internals."""
+
+
+def where_raised(exc: BaseException) -> str:
+    """`diffusers/pipelines/.../pipeline_x.py:123 in encode_prompt`: the innermost frame, from the
+    library's folder down (site-packages and the user's paths left out)."""
+    import traceback
+
+    frames = traceback.extract_tb(exc.__traceback__)
+    if not frames:
+        return "an unknown place"
+    frame = frames[-1]
+    path = frame.filename.replace("\\", "/")
+    for marker in ("site-packages/", "dist-packages/"):
+        if marker in path:
+            path = path.split(marker, 1)[1]
+            break
+    return f"{path}:{frame.lineno} in {frame.name}"
+
+
 class OutOfMemoryWhile(Exception):
     """Memory ran out while a run's pipeline was built: loading it, placing it on the device, or
     applying one optimization (`phase` says which, as "loading the model").

@@ -14,15 +14,17 @@ import weakref
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Iterable
 
-from pytest_sdopt.checks.baselines import Baseline, BaselineError, fingerprint
+from pytest_sdopt.checks.baselines import Baseline, BaselineError, fingerprint, model_label
 from pytest_sdopt.checks.checking import CheckedRun, CheckInputs, check_run
 from pytest_sdopt.checks.promises import MemoryRatio, PromiseInputs, bound_for
 from pytest_sdopt.checks.similarity import artifact_folder
 from pytest_sdopt.checks.speed import Verdict, judge_speed
 from pytest_sdopt.config.scenario import GateLimits, Measurement, Scenario
-from pytest_sdopt.config.settings import (GATE_KEYWORDS, SCENARIO_KEYS, keyword_overrides, marker_overrides,
-                                          resolve_gates, resolve_run)
-from pytest_sdopt.core.errors import OutOfMemoryWhile, RunOutOfMemory, SdoptUsageError, first_line, is_out_of_memory
+from pytest_sdopt.config.call_args import freeze, merged, unaccepted
+from pytest_sdopt.config.settings import (GATE_KEYWORDS, MARKER_KEYWORDS, RUN_KEYWORDS, SCENARIO_KEYS, keyword_overrides,
+                                          marker_overrides, resolve_gates, resolve_run)
+from pytest_sdopt.core.errors import (OutOfMemoryWhile, PipelineCallFailed, RunOutOfMemory, SdoptUsageError, first_line,
+                                     is_out_of_memory, where_raised)
 from pytest_sdopt.harness.session import SdoptSession
 from pytest_sdopt.measure.cleanup import release_memory, watch
 from pytest_sdopt.measure.devices import cpu_threads_for, intra_op_threads, resolve_device, xdist_worker
@@ -37,8 +39,11 @@ from pytest_sdopt.stacks import Stack, parse_stack
 from pytest_sdopt.stacks.promises import MEMORY, METRICS, SPEED, StackPromise, stack_promise
 
 # Without --sdopt-settle, a promise check measures interleaved pairs until its verdict is decided,
-# for at most this long (and at least MIN_PAIRS pairs).
-PROMISE_SETTLE_S = 20.0
+# for at most this long (and at least MIN_PAIRS pairs). On the shared 2-core machine with one core
+# busy, adjacent calls of `tiny` disagreed by up to ±25% (pairs' robust spread ~20%), so telling a
+# 20% slowdown (0.82x) from a 0.90x promise took ~30 pairs, ~35 s; at 20 s such checks stayed
+# inconclusive (benchmarks/promises.py). A check that is decided early stops early.
+PROMISE_SETTLE_S = 60.0
 
 
 def stack_name(text: str) -> str:
@@ -82,7 +87,8 @@ class Orchestrator:
     # -- planning ------------------------------------------------------------------------
 
     def marker(self) -> dict[str, Any]:
-        return marker_overrides(self.test.markers(), stack_name)
+        """The marker's sdopt settings (its pipeline call arguments are the plan's: see `plan`)."""
+        return marker_overrides(self.test.markers(), stack_name, call_args={})
 
     def plan(self, stack: str | Stack, overrides: dict[str, Any], where: str = "sdopt.run",
              runnable_here: bool = True) -> PlannedRun:
@@ -92,12 +98,29 @@ class Orchestrator:
         (unless `runnable_here` is False: reading a baseline needs no GPU).
         """
         parsed = parse_stack(stack)
-        scenario, measurement = resolve_run(self.session.settings, self.marker(),
-                                            keyword_overrides(overrides, where, stack_name=stack_name))
+        marker_calls: dict[str, Any] = {}
+        marker = marker_overrides(self.test.markers(), stack_name, call_args=marker_calls)
+        keyword_calls = {key: value for key, value in overrides.items() if key not in RUN_KEYWORDS}
+        gates = sorted(set(keyword_calls) & set(GATE_KEYWORDS))
+        if gates:
+            raise SdoptUsageError(f"{where} got {', '.join(gates)}: gates are checked, not run; pass them to "
+                                  f"sdopt.check(result, {gates[0]}=...).")
+        settings = {key: value for key, value in overrides.items() if key in RUN_KEYWORDS}
+        scenario, measurement = resolve_run(self.session.settings, marker,
+                                            keyword_overrides(settings, where, stack_name=stack_name))
         source = self.session.model(scenario.model)
+        from_marker, from_keywords = freeze(marker_calls, "@pytest.mark.sdopt"), freeze(keyword_calls, where)
+        if from_marker or from_keywords:
+            pipeline, accepted = source.call_parameters()
+            for given, said_in, settings in ((from_marker, "@pytest.mark.sdopt", MARKER_KEYWORDS),
+                                             (from_keywords, where, RUN_KEYWORDS)):
+                refused = unaccepted(given, accepted, pipeline, settings, said_in)
+                if refused is not None:
+                    raise refused
+        call_args = merged(from_marker, from_keywords)
         device = resolve_device(scenario.device, xdist_worker(), self.session.settings.share_gpus)
-        scenario = source.complete(replace(scenario, device=str(device)))
-        unmet = parsed.unmet_requirement(device.type)
+        scenario = source.complete(replace(scenario, device=str(device), call_args=call_args))
+        unmet = parsed.unmet_requirement(device.type) or parsed.unmet_by_model(model_label(scenario.model), source.denoiser)
         if unmet is not None and runnable_here:
             raise unmet
         return PlannedRun(parsed, scenario, measurement, source, device)
@@ -157,6 +180,7 @@ class Orchestrator:
         pipe = runner = None
         watched: list[weakref.ref] = []
         out_of_memory = None  # (phase, torch's text): only text is kept, the exception's frames hold the tensors
+        call_failed = None  # the same for any other error of the pipeline's own call
         try:
             pipe = self.build(plan)
             watched = watch(pipe)
@@ -170,13 +194,23 @@ class Orchestrator:
         except OutOfMemoryWhile as exc:  # loading, placing or applying
             out_of_memory = exc.phase, exc.error
         except Exception as exc:
-            if not is_out_of_memory(exc):
+            if is_out_of_memory(exc):
+                out_of_memory = "measuring", first_line(exc)
+            elif runner is not None and not isinstance(exc, SdoptUsageError):  # the call itself raised
+                call_failed = f"{type(exc).__name__}: {first_line(exc)}", where_raised(exc)
+            else:
                 raise
-            out_of_memory = "measuring", first_line(exc)
         finally:
             peaks = dict(runner.peaks) if runner is not None else {}
             del pipe, runner
-            release_memory(watched, full=out_of_memory is not None)  # a failed load leaves no watched pipeline
+            release_memory(watched, full=out_of_memory is not None or call_failed is not None)
+        if call_failed is not None:
+            error, where = call_failed
+            self.session.record(RunRecord(self.test.nodeid, self.test.name, plan.stack.name,
+                                          in_matrix=self.test.in_matrix, order=self.test.order,
+                                          error=f"the pipeline's call failed ({error})",
+                                          run=self.next_run(plan.stack.name)))
+            raise PipelineCallFailed(call_failed_message(plan, error, where, self.environment(plan)))
         if out_of_memory is not None:
             phase, error = out_of_memory
             self.session.record(RunRecord(self.test.nodeid, self.test.name, plan.stack.name,
@@ -317,7 +351,7 @@ class Orchestrator:
         absent (its image, or this device's metrics)."""
         if (reference, scenario) in self.session.references_recorded:
             return
-        same_scenario = {name: getattr(scenario, name) for name in SCENARIO_KEYS}
+        same_scenario = same_as(scenario)
         result = self.run(self.plan(reference, same_scenario, "the reference run"),
                           note="recorded as the reference's baseline")
         store = self.session.store
@@ -344,7 +378,7 @@ class Orchestrator:
             why = f"{reference} is the reference itself"
             return PromiseInputs(reference, bound_for(SPEED, None, True, StackPromise(SPEED, None, reason=why)),
                                  bound_for(MEMORY, None, True, StackPromise(MEMORY, None, reason=why)))
-        same = {name: getattr(result.scenario, name) for name in SCENARIO_KEYS}
+        same = same_as(result.scenario)
         plan = self.plan(result.stack, same, "the promise check")
         reference_plan = self.plan(reference, same, "the promise check's reference")
         wants_memory = limits.promises or limits.max_memory_ratio is not None
@@ -403,6 +437,24 @@ class Orchestrator:
         result = self._run(plan, None, note="measured as the reference of the promise gates")
         self.session.promise_references[key] = result
         return result
+
+
+def same_as(scenario: Scenario) -> dict[str, Any]:
+    """The keywords that plan another stack's run of `scenario`: its settings and its call arguments."""
+    return {**{name: getattr(scenario, name) for name in SCENARIO_KEYS}, **scenario.call_arguments}
+
+
+def call_failed_message(plan: PlannedRun, error: str, where: str, env: dict[str, Any]) -> str:
+    """One paragraph for a pipeline call that raised: what, where, with which passed-through
+    arguments, and the versions (a diffusers / transformers mismatch is the usual cause)."""
+    scenario = plan.scenario
+    passed = ", ".join(f"{name}={value!r}" for name, value in scenario.call_arguments.items())
+    arguments = f" The call passed {passed} through to the pipeline." if passed else ""
+    versions = ", ".join(f"{name} {env[name]}" for name in ("torch", "diffusers", "transformers") if env.get(name))
+    return (f"stack {plan.stack.name!r}: the pipeline's call failed on model {scenario.model!r} "
+            f"({scenario.size_text}, {scenario.steps} steps): {error} (raised at {where}).{arguments} "
+            f"With {versions}; an error inside diffusers or transformers is most often a version mismatch "
+            f"between them.")
 
 
 def feed_benchmark(benchmark: Any, runner: Any, plan: PlannedRun) -> Any:

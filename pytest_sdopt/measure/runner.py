@@ -129,6 +129,7 @@ def call_kwargs(scenario: Scenario) -> dict[str, Any]:
         kwargs["num_inference_steps"] = scenario.steps
     if scenario.size is not None:
         kwargs["width"], kwargs["height"] = scenario.size
+    kwargs.update(scenario.call_arguments)  # the pipeline's own (negative_prompt, ...); none is one of the above
     return kwargs
 
 

@@ -1,4 +1,5 @@
-"""Where pipelines come from: the embedded `tiny`, `sd15-random`, a local folder, or a cached hub id.
+"""Where pipelines come from: the embedded `tiny`, a published architecture with random weights
+(`sd15-random`, `sdxl-random`, `sd3-random`), a local folder, or a cached hub id.
 
 `resolve_model(text)` checks the name without importing torch and returns a `ModelSource`;
 its `load(device)` returns a fresh pipeline every call, so no state from one stack (hooks,
@@ -9,9 +10,9 @@ Loading fresh is cheap because the weights stay in memory between stacks, outsid
 process: safetensors files are memory-mapped, so after the first load every later one reads
 the OS page cache (0.08 s for `tiny`, 0.14 s for SD 1.5 on the 2-core CI machine). The page
 cache is not the process's memory, so it adds nothing to the host peaks sdopt measures; only
-the pages a live pipeline maps count, and those are its weights. `sd15-random` has no files,
-so it is built once (seeded, on the CPU) and saved under the results folder; building it
-again for every stack took 15 s each on that machine.
+the pages a live pipeline maps count, and those are its weights. A random architecture has no
+files, so it is built once (seeded, on the CPU) and saved under the results folder; building
+SD 1.5 again for every stack took 15 s each on that machine.
 """
 
 from __future__ import annotations
@@ -25,7 +26,9 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from pytest_sdopt.core.errors import SdoptUsageError
-from pytest_sdopt.config.defaults import DEFAULT_GUIDANCE, DEFAULT_PROMPT, looks_like_path
+from pytest_sdopt.config.defaults import DEFAULT_GUIDANCE, DEFAULT_PROMPT, RANDOM_MODELS, looks_like_path
+from pytest_sdopt.models.families import (BY_FAMILY, SD15 as SD15_FAMILY, Denoiser, Family, null_components,
+                                          read_family)
 
 EMBEDDED = Path(__file__).resolve().parent / "embedded"
 TINY_DIR = EMBEDDED / "tiny"
@@ -37,13 +40,15 @@ class ModelSource:
     """A named model and how to make a fresh pipeline of it."""
 
     name: str  # as the user gave it; what results and baselines are filed under
-    kind: str  # "embedded", "sd15-random", "folder" or "hub"
-    folder: Path | None = None  # where from_pretrained reads it (None for sd15-random)
+    kind: str  # "embedded", "random" (a published architecture with seeded random weights), "folder" or "hub"
+    folder: Path | None = None  # where from_pretrained reads it (None for a random architecture)
     default_size: tuple[int, int] | None = None  # None: the pipeline's own default
     default_steps: int | None = None
     default_prompt: str = DEFAULT_PROMPT  # what runs draw unless a prompt is set
     default_guidance: float = DEFAULT_GUIDANCE
-    cache: Path | None = None  # sd15-random: where its weights are saved once (None: built every load)
+    cache: Path | None = None  # a random architecture: where its weights are saved once (None: built every load)
+    family: Family = SD15_FAMILY  # which pipeline class it loads as (models/families.py)
+    denoiser: Denoiser = Denoiser("unet", "UNet2DConditionModel")  # what optimizations that act on one see
 
     def complete(self, scenario: Any) -> Any:
         """`scenario` with what it leaves unset (None) taken from this model's defaults."""
@@ -59,14 +64,35 @@ class ModelSource:
 
         return self.complete(Scenario(self.name, device, None, seed, None, None, None))
 
+    def pipeline_class_name(self) -> str:
+        """The diffusers pipeline class this model loads as (from model_index.json; torch-free)."""
+        return self.family.pipeline
+
+    def call_parameters(self) -> tuple[str, frozenset[str] | None]:
+        """The pipeline class's name and the keywords its `__call__` names (None: a class diffusers
+        does not have, so nothing can be checked). A catch-all `**kwargs` is not counted: diffusers'
+        pipelines keep it for deprecated arguments, and a typo must not vanish into it."""
+        import inspect
+
+        import diffusers
+
+        name = self.pipeline_class_name()
+        cls = getattr(diffusers, name, None)
+        if cls is None:
+            return name, None
+        parameters = inspect.signature(cls.__call__).parameters
+        return name, frozenset(key for key, parameter in parameters.items() if key != "self"
+                               and parameter.kind not in (parameter.VAR_KEYWORD, parameter.VAR_POSITIONAL))
+
     def load(self) -> Any:
         """A new float32 pipeline on the CPU; the stack moves it where it runs."""
-        if self.kind == "sd15-random":
-            from pytest_sdopt.models.architectures import SD15
+        if self.kind == "random":
+            from pytest_sdopt.models.architectures import RANDOM
 
+            arch = RANDOM[self.name]
             if self.cache is None:
-                return _build_random(SD15, "cpu")
-            return _load_folder(materialize(SD15, self.cache), self.name)
+                return _build_random(arch, "cpu")
+            return _load_folder(materialize(arch, self.cache), self.name)
         assert self.folder is not None
         return _load_folder(self.folder, self.name)
 
@@ -74,28 +100,37 @@ class ModelSource:
 def resolve_model(text: str, cache: Path | None = None) -> ModelSource:
     """Check a model name and say where it comes from; torch-free, so it runs at configure time.
 
-    `cache`: the folder where models without files (sd15-random) are saved once.
+    `cache`: the folder where models without files (the random architectures) are saved once.
     """
     spec = text.strip()
     if spec == "tiny":
         facts = json.loads((TINY_DIR / "sdopt_model.json").read_text(encoding="utf-8"))
         return ModelSource("tiny", "embedded", TINY_DIR, tuple(facts["default_size"]), facts["default_steps"],
                            facts.get("default_prompt", DEFAULT_PROMPT), facts.get("default_guidance", DEFAULT_GUIDANCE))
-    if spec == "sd15-random":
-        from pytest_sdopt.models.architectures import SD15
+    if spec in RANDOM_MODELS:
+        from pytest_sdopt.models.architectures import RANDOM
 
-        return ModelSource("sd15-random", "sd15-random", None, SD15.default_size, SD15.default_steps, cache=cache)
+        arch = RANDOM[spec]
+        family = BY_FAMILY[arch.family]
+        return ModelSource(spec, "random", None, arch.default_size, arch.default_steps, cache=cache, family=family,
+                           denoiser=Denoiser(family.denoiser, family.denoiser_class))
     path = Path(spec).expanduser()
     if path.exists():
-        return ModelSource(spec, "folder", _checked_folder(path, spec), _folder_default_size(path))
+        folder = _checked_folder(path, spec)
+        return ModelSource(spec, "folder", folder, _folder_default_size(path), **_family_fields(folder, spec))
     if looks_like_path(spec):
         raise SdoptUsageError(
             f"model folder {str(path.absolute())!r} does not exist (no such folder). A relative folder is taken from "
             f"the ini file's folder for an ini value, the rootdir for a marker or keyword, and the current folder "
-            f"on the command line. (Other models: 'tiny', embedded; 'sd15-random'; a cached hub id 'org/name'.)"
+            f"on the command line. (Other models: 'tiny', embedded; 'sd15-random', 'sdxl-random', 'sd3-random'; a cached hub id 'org/name'.)"
         )
-    folder = _cached_snapshot(spec, str(path.absolute()))
-    return ModelSource(spec, "hub", _checked_folder(folder, spec), _folder_default_size(folder))
+    folder = _checked_folder(_cached_snapshot(spec, str(path.absolute())), spec)
+    return ModelSource(spec, "hub", folder, _folder_default_size(folder), **_family_fields(folder, spec))
+
+
+def _family_fields(folder: Path, name: str) -> dict[str, Any]:
+    family, denoiser = read_family(folder, name)
+    return {"family": family, "denoiser": denoiser}
 
 
 def _cached_snapshot(repo_id: str, as_folder: str) -> Path:
@@ -149,21 +184,24 @@ def _checked_folder(path: Path, name: str) -> Path:
 
 
 def _folder_default_size(path: Path) -> tuple[int, int] | None:
-    """The size the pipeline would pick: UNet sample size times the VAE's downscale factor."""
-    try:
-        unet = json.loads((path / "unet" / "config.json").read_text(encoding="utf-8"))
-        vae = json.loads((path / "vae" / "config.json").read_text(encoding="utf-8"))
-        side = int(unet["sample_size"]) * 2 ** (len(vae["block_out_channels"]) - 1)
-    except (OSError, ValueError, KeyError, TypeError):
-        return None  # not a UNet pipeline: the pipeline's own default applies
-    return side, side
+    """The size the pipeline would pick: the denoiser's sample size times the VAE's downscale factor."""
+    for denoiser in ("unet", "transformer"):  # SD 1.5 / SDXL; SD3
+        try:
+            config = json.loads((path / denoiser / "config.json").read_text(encoding="utf-8"))
+            vae = json.loads((path / "vae" / "config.json").read_text(encoding="utf-8"))
+            side = int(config["sample_size"]) * 2 ** (len(vae["block_out_channels"]) - 1)
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        return side, side
+    return None  # neither: the pipeline's own default applies
 
 
 def _load_folder(folder: Path, name: str) -> Any:
     from diffusers import DiffusionPipeline
 
     index = json.loads((folder / "model_index.json").read_text(encoding="utf-8"))
-    extra: dict[str, Any] = {}
+    # Components the folder lists as absent (SD3 without T5) are passed as None, as diffusers wants.
+    extra: dict[str, Any] = {name: None for name in null_components(folder)}
     if index.get("safety_checker") not in (None, [None, None]):
         # The safety checker blanks images it dislikes: a benchmark must see the real output.
         extra.update(safety_checker=None, requires_safety_checker=False)
@@ -219,8 +257,9 @@ def materialize(arch: Any, cache: Path, seed: int = 0) -> Path:
 
 
 def _build_random(arch: Any, device: Any, seed: int = 0) -> Any:
-    """`arch` with seeded random weights, created on `device` (no download)."""
-    from diffusers import StableDiffusionPipeline
+    """`arch` with seeded random weights, created on `device` (no download). Every text encoder
+    reads prompts through the embedded tokenizer (its ids are a subset of CLIP's vocabulary)."""
+    import diffusers
     from transformers import CLIPTokenizer
 
     from pytest_sdopt.models.architectures import build_components
@@ -230,5 +269,10 @@ def _build_random(arch: Any, device: Any, seed: int = 0) -> Any:
            "pad_token_id": tokenizer.pad_token_id}
     with _quiet_progress_bars():
         parts = build_components(arch, seed=seed, device=device, special_token_ids=ids)
-    return StableDiffusionPipeline(**parts, tokenizer=tokenizer, safety_checker=None, feature_extractor=None,
-                                   requires_safety_checker=False)
+    pipeline = getattr(diffusers, BY_FAMILY[arch.family].pipeline)
+    if arch.family == "sd15":
+        return pipeline(**parts, tokenizer=tokenizer, safety_checker=None, feature_extractor=None,
+                        requires_safety_checker=False)
+    if arch.family == "sdxl":
+        return pipeline(**parts, tokenizer=tokenizer, tokenizer_2=tokenizer)
+    return pipeline(**parts, tokenizer=tokenizer, tokenizer_2=tokenizer, text_encoder_3=None, tokenizer_3=None)

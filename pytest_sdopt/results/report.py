@@ -15,6 +15,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable
 
+from pytest_sdopt.config.call_args import document
 from pytest_sdopt.checks.similarity import run_suffix
 from pytest_sdopt.core.files import atomic_write_text, safe_name
 
@@ -84,6 +85,7 @@ def run_entry(record: Any, image: Path | None = None, reference_image: Path | No
         return entry
     scenario = asdict(result.scenario)
     scenario["size"] = list(scenario["size"]) if scenario["size"] else None
+    scenario["call_args"] = document(result.scenario.call_args)
     figures = {name: getattr(result, name) for name in FIGURES + TIMINGS}
     figures.update(result.speed.fields())  # the speed figure every verdict reads, with its intervals
     figures["settled_s"] = result.settled.seconds

@@ -97,7 +97,7 @@ SPECS = (
                                Promise(SPEED, 0.4, ("cuda",), "FACTS.md: normal speed after a slow start; FACTS.md, H200 matrix of sd15-random 0.59x"))),
     OptimizationSpec("unet_resident_offload", Phase.PLACEMENT,
                      "UNet stays on the GPU; text encoder and VAE go there only while they run", 0.99,
-                     _apply_unet_resident_offload, needs=(needs_package("accelerate"), needs_cuda),
+                     _apply_unet_resident_offload, needs=(needs_package("accelerate"), needs_cuda), acts_on=("unet",),
                      exclusive_group="offload", places_pipeline=True, effect=HOOK_EFFECT,
                      promises=(Promise(MEMORY, 0.97, ("cuda",), "FACTS.md: 3.2 GB in fp16; FACTS.md, H200 matrix of sd15-random 0.91x"),
                                Promise(SPEED, 0.8, ("cuda",), "FACTS.md: about fp16 speed; FACTS.md, H200 matrix of sd15-random 0.93x"))),
@@ -108,6 +108,7 @@ SPECS = (
                                Promise(SPEED, 0.1, ("cuda",), "FACTS.md, H200 matrix of sd15-random 0.21x")),
                      promises_nothing=(("cpu", "it onloads to the device it already runs on"),)),
     OptimizationSpec("channels_last", Phase.PLACEMENT, "UNet and VAE in channels-last memory format", 0.99,
-                     _apply_channels_last, effect=Effect(_conv_strides, _strides_unchanged),
-                     promises=(Promise(SPEED, 0.9, ("cuda",), "FACTS.md: +27% on an A100 with torch.compile; alone, no loss"),)),
+                     _apply_channels_last, effect=Effect(_conv_strides, _strides_unchanged), acts_on=("unet",),
+                     promises=(Promise(SPEED, 0.9, ("cuda",), "FACTS.md: +27% on an A100 with torch.compile; alone, no loss"),
+                               Promise(SPEED, 0.75, ("cpu",), "benchmarks/promise_ratios.py on tiny (128x128, one thread, 2026-12-02): 0.93x (0.83x-1.04x)"))),
 )

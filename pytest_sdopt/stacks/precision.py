@@ -7,7 +7,7 @@ from typing import Any, Callable
 from pytest_sdopt.config.defaults import REFERENCE
 from pytest_sdopt.core.errors import StackUnsupported
 from pytest_sdopt.stacks.promises import Promise, MEMORY, SPEED
-from pytest_sdopt.stacks.spec import ApplyContext, Effect, OptimizationSpec, Phase, first_method, torch_modules
+from pytest_sdopt.stacks.spec import ApplyContext, Effect, OptimizationSpec, Phase, denoiser_of, first_method, torch_modules
 
 
 def _set_dtype(dtype_name: str) -> Callable[[Any, ApplyContext], None]:
@@ -30,9 +30,10 @@ def _apply_layerwise_fp8(pipe: Any, ctx: ApplyContext) -> None:
 
     if not hasattr(torch, "float8_e4m3fn"):
         raise StackUnsupported("layerwise_fp8", f"needs torch.float8_e4m3fn, which this torch ({torch.__version__}) lacks")
-    unet = pipe.unet
-    enable = first_method("layerwise_fp8", [("pipe.unet", unet, "enable_layerwise_casting")])
-    enable(storage_dtype=torch.float8_e4m3fn, compute_dtype=unet.dtype)
+    denoiser = denoiser_of(pipe)  # the UNet, or SD3's transformer
+    enable = first_method("layerwise_fp8", [("pipe.unet" if getattr(pipe, "unet", None) is not None else "pipe.transformer",
+                                                   denoiser, "enable_layerwise_casting")])
+    enable(storage_dtype=torch.float8_e4m3fn, compute_dtype=denoiser.dtype)
 
 
 def _weight_dtypes(pipe: Any) -> tuple[tuple[str, tuple[str, ...]], ...]:
@@ -49,10 +50,10 @@ def _dtypes_unchanged(snapshot: tuple[tuple[str, tuple[str, ...]], ...]) -> str:
 
 
 def _float8_weights(pipe: Any) -> tuple[str, ...] | None:
-    unet = getattr(pipe, "unet", None)
-    if unet is None:
+    denoiser = denoiser_of(pipe)
+    if denoiser is None:
         return None
-    return tuple(name for name, p in unet.named_parameters() if str(p.dtype).startswith("torch.float8"))
+    return tuple(name for name, p in denoiser.named_parameters() if str(p.dtype).startswith("torch.float8"))
 
 
 def _float8_unchanged(snapshot: tuple[str, ...]) -> str:
@@ -83,7 +84,7 @@ SPECS = (
                      promises=(Promise(MEMORY, 0.65, ("cuda",), "FACTS.md: 4.7 of 8.4 GB (0.56x)"),
                                Promise(SPEED, 1.0, ("cuda",), "FACTS.md: 19.1 vs 7.51 it/s (2.54x)")),
                      promises_nothing=(("cpu", "no measured CPU gain to promise (bf16 arithmetic is emulated on most CPUs)"),)),
-    OptimizationSpec("layerwise_fp8", Phase.PRECISION, "UNet weights stored in float8, computed in the pipeline dtype",
+    OptimizationSpec("layerwise_fp8", Phase.PRECISION, "denoiser weights (UNet or transformer) stored in float8, computed in the pipeline dtype",
                      0.85, _apply_layerwise_fp8, effect=Effect(_float8_weights, _float8_unchanged), default_min_self_ssim=0.95,
                      promises=(Promise(MEMORY, 0.85, ("cuda",), "UNet weights stored in 1 byte instead of 4: the UNet is 860 M of SD 1.5's 1066 M parameters"),),
                      promises_nothing=(("cpu", "it saves weight memory only; on CPU the weights are mapped files, not the run's own memory"),)),

@@ -153,3 +153,16 @@ class OptimizationSpec:
     # (device type, why) where it promises nothing, so the gate says n/a with that reason.
     promises: tuple[Promise, ...] = ()
     promises_nothing: tuple[tuple[str, str], ...] = ()
+    # The denoisers it acts on ("unet", "transformer": models/families.py); None: any pipeline (it
+    # works on the pipeline's parts in general: precision, the VAE, offloads). A model whose
+    # denoiser is none of these skips the stack, naming both.
+    acts_on: tuple[str, ...] | None = None
+
+
+DENOISER_WORDS = {"unet": "a UNet", "transformer": "a transformer"}
+
+
+def denoiser_of(pipe: Any) -> Any:
+    """The pipeline's denoiser: its UNet (SD 1.5, SDXL) or transformer (SD3); None if neither."""
+    unet = getattr(pipe, "unet", None)
+    return unet if unet is not None else getattr(pipe, "transformer", None)

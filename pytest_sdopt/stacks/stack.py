@@ -11,7 +11,7 @@ from typing import Any
 from pytest_sdopt.config.defaults import REFERENCE
 from pytest_sdopt.core.errors import OutOfMemoryWhile, SdoptUsageError, StackUnsupported, first_line, is_out_of_memory
 from pytest_sdopt.stacks.registry import REGISTRY, canonical_order
-from pytest_sdopt.stacks.spec import ApplyContext, OptimizationSpec, Phase
+from pytest_sdopt.stacks.spec import DENOISER_WORDS, ApplyContext, OptimizationSpec, Phase
 
 
 @dataclass(frozen=True)
@@ -57,6 +57,16 @@ class Stack:
     def default_min_self_ssim(self) -> float:
         """The loosest of its optimizations' tolerances against the stack's own stored image."""
         return min(opt.spec.default_min_self_ssim for opt in self.optimizations)
+
+    def unmet_by_model(self, model: str, denoiser: Any) -> StackUnsupported | None:
+        """Why this stack cannot act on `model`, whose denoiser is `denoiser` (a models.families.Denoiser:
+        `.kind`, `.words()`), found without loading it."""
+        for opt in self.optimizations:
+            kinds = opt.spec.acts_on
+            if kinds is not None and denoiser.kind not in kinds:
+                wanted = " or ".join(DENOISER_WORDS.get(kind, kind) for kind in kinds)
+                return StackUnsupported(opt.name, f"needs {wanted}; {model}'s denoiser is {denoiser.words()}")
+        return None
 
     def unmet_requirement(self, device_type: str) -> StackUnsupported | None:
         """Why this stack cannot run on `device_type`, found without loading the model."""

@@ -94,6 +94,8 @@ SPECS = (
     OptimizationSpec("tome", Phase.TOKEN_MERGING, "Token Merging (tomesd); tome:R sets the ratio", 0.8,
                      _apply_tome, needs=(needs_package("tomesd"),), default_value=0.5, value_range=(0.0, 1.0),
                      before_each_call=_reset_tome_generator, effect=Effect(inert=_tome_inert),
-                     default_min_self_ssim=0.95,
-                     promises=(Promise(SPEED, 1.0, ("cuda",), "FACTS.md: ~19 -> ~20 it/s; tomesd's authors 1.87x at ratio 0.5"),)),
+                     default_min_self_ssim=0.95, acts_on=("unet",),
+                     promises=(Promise(SPEED, 1.0, ("cuda",), "FACTS.md: ~19 -> ~20 it/s; tomesd's authors 1.87x at ratio 0.5"),
+                               # On CPU at small sizes merging costs about what it saves: a cost ceiling.
+                               Promise(SPEED, 0.75, ("cpu",), "benchmarks/promise_ratios.py on tiny (128x128, one thread, 2026-12-02): 0.91x (0.89x-0.93x)"))),
 )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from pytest_sdopt.stacks.promises import Promise, MEMORY, a_batch_of_several, larger_than_a_vae_tile
+from pytest_sdopt.stacks.promises import Promise, MEMORY, SPEED, a_batch_of_several, larger_than_a_vae_tile
 from pytest_sdopt.stacks.spec import ApplyContext, Effect, OptimizationSpec, Phase, first_method
 
 
@@ -39,11 +39,13 @@ SPECS = (
                      promises=(Promise(MEMORY, 0.9, ("cuda",), "FACTS.md: 7.6 -> 5.1 GB at 1024x1024 (tiling saves 20-30%)",
                                        larger_than_a_vae_tile),
                                Promise(MEMORY, 1.0, ("cpu",), "decoding in tiles never needs more memory than decoding whole",
-                                       larger_than_a_vae_tile))),
+                                       larger_than_a_vae_tile),
+                               Promise(SPEED, 0.8, ("cpu",), "benchmarks/promise_ratios.py on tiny (128x128, one thread, 2026-12-02): 1.01x (0.93x-1.11x)"))),
     OptimizationSpec("vae_slicing", Phase.VAE, "VAE decodes one image of the batch at a time", 0.98,
                      _vae_switch("vae_slicing", "enable_slicing", "enable_vae_slicing"),
                      effect=Effect(_vae_flag("use_slicing"),
                                    _flag_unchanged("use_slicing", "decoded one image at a time")),
                      promises=(Promise(MEMORY, 1.0, ("cuda", "cpu"), "FACTS.md: diffusers' nightly VAE slicing ceiling with 4 images",
-                                       a_batch_of_several),)),
+                                       a_batch_of_several),
+                               Promise(SPEED, 0.85, ("cpu",), "benchmarks/promise_ratios.py on tiny (128x128, one thread, 2026-12-02): 1.01x (0.97x-1.05x)"))),
 )
