@@ -65,39 +65,6 @@ def pytest_sdopt_register_optimizations(config):
                              promises=(Promise(SPEED, 0.9, ("cpu",), "the benchmark's own"),))]
 '''
 TEST = '''
-import os
-import time
-
-from pytest_sdopt.stacks import Effect, OptimizationSpec, Phase
-from pytest_sdopt.stacks.attention import ATTENTION_EFFECT, _apply_sdpa
-from pytest_sdopt.stacks.promises import SPEED, Promise
-
-FACTOR = float(os.environ.get("SDOPT_SLOWDOWN") or 0)
-
-
-def paced_sdpa(pipe, ctx):
-    _apply_sdpa(pipe, ctx)
-    if not FACTOR:
-        return
-    forward = pipe.unet.forward
-
-    def paced(*args, **kwargs):
-        start = time.perf_counter()
-        out = forward(*args, **kwargs)
-        until = time.perf_counter() + (time.perf_counter() - start) * FACTOR
-        while time.perf_counter() < until:  # busy, as slower code is
-            pass
-        return out
-
-    pipe.unet.forward = paced
-
-
-def pytest_sdopt_register_optimizations(config):
-    return [OptimizationSpec("paced_sdpa", Phase.ATTENTION, "sdpa, with every UNet call slowed by SDOPT_SLOWDOWN",
-                             0.99, paced_sdpa, exclusive_group="attention", effect=ATTENTION_EFFECT,
-                             promises=(Promise(SPEED, 0.9, ("cpu",), "sdpa's"),))]
-'''
-TEST = '''
 import pytest
 
 

@@ -206,17 +206,11 @@ class Orchestrator:
             release_memory(watched, full=out_of_memory is not None or call_failed is not None)
         if call_failed is not None:
             error, where = call_failed
-            self.session.record(RunRecord(self.test.nodeid, self.test.name, plan.stack.name,
-                                          in_matrix=self.test.in_matrix, order=self.test.order,
-                                          error=f"the pipeline's call failed ({error})",
-                                          run=self.next_run(plan.stack.name)))
+            self._record_failed(plan, f"the pipeline's call failed ({error})")
             raise PipelineCallFailed(call_failed_message(plan, error, where, self.environment(plan)))
         if out_of_memory is not None:
             phase, error = out_of_memory
-            self.session.record(RunRecord(self.test.nodeid, self.test.name, plan.stack.name,
-                                          in_matrix=self.test.in_matrix, order=self.test.order,
-                                          error=f"out of memory while {phase} ({error})",
-                                          run=self.next_run(plan.stack.name)))
+            self._record_failed(plan, f"out of memory while {phase} ({error})")
             raise RunOutOfMemory(out_of_memory_message(plan, peaks, error, phase))
         run = self.next_run(result.stack)
         self._run_of_result[id(result)] = run
@@ -224,6 +218,12 @@ class Orchestrator:
                                       reference=self.session.settings.reference, result=result,
                                       in_matrix=self.test.in_matrix, order=self.test.order, run=run, note=note))
         return result
+
+    def _record_failed(self, plan: PlannedRun, error: str) -> None:
+        """A run that ended in an error is a row of its own (table, JSON, HTML), with the error."""
+        self.session.record(RunRecord(self.test.nodeid, self.test.name, plan.stack.name,
+                                      in_matrix=self.test.in_matrix, order=self.test.order, error=error,
+                                      run=self.next_run(plan.stack.name)))
 
     def _settle(self, runner: Any, plan: PlannedRun) -> None:
         """Keep measuring while the speed figure is not yet trustworthy (measure/settling.py).
