@@ -88,7 +88,7 @@ def test_arguments_sdopt_sets_itself_and_gates_are_refused_naming_what_to_use(ru
         "*sdopt.run got guidance_scale (sdopt's `guidance` setting): these pipeline arguments are set by sdopt*",
         "*sdopt.run got min_ssim: gates are checked, not run; pass them to sdopt.check(result, min_ssim=...).",
         "*sdopt.run(cross_attention_kwargs=...) got a object; a pipeline call argument passed through sdopt is a "
-        "string, number, boolean, None or a list of them*",
+        "string, number, boolean, None, a PIL image or a list of them*",
     ])
 
 

@@ -78,17 +78,34 @@ def test_sdxl_takes_its_own_call_arguments(run_sdopt, folders):
     result.assert_outcomes(passed=1)
 
 
+def test_sdxl_runs_img2img_and_inpainting_and_sd3_says_it_does_not(run_sdopt, folders):
+    source = """
+        import pytest
+
+        @pytest.mark.parametrize("task", ["img2img", "inpaint"])
+        def test_task(sdopt, task):
+            result = sdopt.run("vae_tiling", task=task, negative_prompt_2="blurry", strength=0.75)
+            assert result.image.size == (64, 64)
+    """
+    run_sdopt(source, "--sdopt-model", str(folders["sdxl"])).assert_outcomes(passed=2)
+    refused = run_sdopt(source, "--sdopt-model", str(folders["sd3"]))
+    refused.assert_outcomes(failed=2)
+    refused.stdout.fnmatch_lines(["*task 'img2img' runs on SD 1.5 and SDXL models; dummy-sd3 is SD3."])
+
+
 def test_a_pipeline_class_sdopt_does_not_run_is_a_usage_error_naming_the_supported_ones(folders, tmp_path):
-    img2img = shutil.copytree(folders["sd15"], tmp_path / "an-img2img-folder")
+    img2img = shutil.copytree(folders["sd15"], tmp_path / "an-upscaler-folder")
     index = json.loads((img2img / "model_index.json").read_text())
-    index["_class_name"] = "StableDiffusionImg2ImgPipeline"
+    index["_class_name"] = "StableDiffusionUpscalePipeline"
     (img2img / "model_index.json").write_text(json.dumps(index))
     with pytest.raises(SdoptUsageError) as error:
         resolve_model(str(img2img))
     assert str(error.value).startswith(
-        f"model {str(img2img)!r} is a StableDiffusionImg2ImgPipeline (its model_index.json), which pytest-sdopt does not "
-        f"run; it runs text-to-image pipelines of these classes: StableDiffusionPipeline (sd15), "
-        f"StableDiffusionXLPipeline (sdxl), StableDiffusion3Pipeline (sd3).")
+        f"model {str(img2img)!r} is a StableDiffusionUpscalePipeline (its model_index.json), which pytest-sdopt does not "
+        f"run; it runs these pipeline classes: StableDiffusionPipeline (sd15), StableDiffusionXLPipeline (sdxl), "
+        f"StableDiffusion3Pipeline (sd3), and the img2img and inpainting pipelines of SD 1.5 and SDXL "
+        f"(StableDiffusionImg2ImgPipeline, StableDiffusionInpaintPipeline, StableDiffusionXLImg2ImgPipeline, "
+        f"StableDiffusionXLInpaintPipeline).")
 
 
 def test_a_denoiser_class_sdopt_does_not_know_runs_only_what_needs_nothing_of_it():

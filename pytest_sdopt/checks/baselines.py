@@ -27,7 +27,7 @@ from typing import Any, Callable
 from pytest_sdopt.core.errors import SdoptUsageError
 from pytest_sdopt.core.files import atomic_write, safe_name
 from pytest_sdopt.config.call_args import document, key_part
-from pytest_sdopt.config.defaults import NAMED_MODELS
+from pytest_sdopt.config.defaults import NAMED_MODELS, TEXT_TO_IMAGE
 from pytest_sdopt.config.scenario import Scenario
 
 SCHEMA = 1
@@ -54,7 +54,8 @@ def scenario_key(scenario: Scenario) -> str:
     """`128x128-10steps-seed1-cfg7.5-p1a2b3c4d`: everything that decides the image except the device;
     with the pipeline's own call arguments, `-a<hash of them>` after it (config/call_args.py)."""
     prompt = hashlib.sha256(scenario.prompt.encode("utf-8")).hexdigest()[:9]
-    return (f"{scenario.size_text}-{scenario.steps}steps-seed{scenario.seed}-cfg{scenario.guidance:g}-p{prompt}"
+    task = "" if scenario.task == TEXT_TO_IMAGE else f"{scenario.task}-"
+    return (f"{task}{scenario.size_text}-{scenario.steps}steps-seed{scenario.seed}-cfg{scenario.guidance:g}-p{prompt}"
             f"{key_part(scenario.call_args)}")
 
 
@@ -267,7 +268,8 @@ class BaselineError(SdoptUsageError):
 def _scenario_document(scenario: Scenario) -> dict[str, Any]:
     return {"schema": SCHEMA, "model": model_label(scenario.model), "size": list(scenario.size) if scenario.size else None,
             "steps": scenario.steps, "seed": scenario.seed, "guidance": scenario.guidance, "prompt": scenario.prompt,
-            **({"call_args": document(scenario.call_args)} if scenario.call_args else {})}
+            **({"call_args": document(scenario.call_args)} if scenario.call_args else {}),
+            **({"task": scenario.task} if scenario.task != TEXT_TO_IMAGE else {})}
 
 
 def _metrics_entry(result: Any) -> dict[str, Any]:

@@ -6,7 +6,9 @@ Torch-free: this module only checks a keyword's form and value and freezes it in
 whether the loaded pipeline accepts it is checked against its `__call__` signature
 (`accepted_by`, given the names the models layer reads). Values are JSON values (strings,
 numbers, booleans, None, lists of them), because they decide the image: they go into the
-baseline folder's key and `scenario.json`, and must read back the same.
+baseline folder's key and `scenario.json`, and must read back the same. The one exception is an
+image (img2img's `image`, inpainting's `mask_image`): kept as its RGB pixels with their sha256,
+which stands for it in the key and the files.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import hashlib
 import json
 import math
 from difflib import get_close_matches
+from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
 from pytest_sdopt.core.errors import SdoptUsageError
@@ -29,10 +32,41 @@ OWNED = {
 }
 
 
+@dataclass(frozen=True)
+class ImageArgument:
+    """An image passed to the pipeline, as the scenario keeps it: hashable, compared by its pixels."""
+
+    sha256: str
+    size: tuple[int, int]
+    pixels: bytes = field(repr=False, compare=False)
+
+    @classmethod
+    def of(cls, image: Any) -> "ImageArgument":
+        rgb = image.convert("RGB")
+        pixels = rgb.tobytes()
+        digest = hashlib.sha256(f"{rgb.size[0]}x{rgb.size[1]}:".encode() + pixels).hexdigest()
+        return cls(digest, rgb.size, pixels)
+
+    def image(self) -> Any:
+        from PIL import Image
+
+        return Image.frombytes("RGB", self.size, self.pixels)
+
+    def text(self) -> str:
+        return f"image {self.size[0]}x{self.size[1]} sha256:{self.sha256}"
+
+
+def _is_image(value: Any) -> bool:
+    return callable(getattr(value, "convert", None)) and callable(getattr(value, "tobytes", None)) \
+        and hasattr(value, "size") and hasattr(value, "mode")
+
+
 def frozen(name: str, value: Any, where: str) -> Any:
     """`value` as the scenario keeps it (lists as tuples), or a usage error naming what is accepted."""
-    if value is None or isinstance(value, (str, bool, int)):
+    if value is None or isinstance(value, (str, bool, int, ImageArgument)):
         return value
+    if _is_image(value):
+        return ImageArgument.of(value)
     if isinstance(value, float):
         if not math.isfinite(value):
             raise SdoptUsageError(f"{where}({name}={value!r}): a call argument must be a finite number.")
@@ -41,8 +75,8 @@ def frozen(name: str, value: Any, where: str) -> Any:
         return tuple(frozen(name, item, where) for item in value)
     raise SdoptUsageError(
         f"{where}({name}=...) got a {type(value).__name__}; a pipeline call argument passed through sdopt is a "
-        f"string, number, boolean, None or a list of them, because it is part of the baseline's key and "
-        f"scenario.json.")
+        f"string, number, boolean, None, a PIL image or a list of them, because it is part of the baseline's key "
+        f"and scenario.json.")
 
 
 def freeze(arguments: Mapping[str, Any], where: str) -> tuple[tuple[str, Any], ...]:
@@ -85,10 +119,16 @@ def key_part(call_args: tuple[tuple[str, Any], ...]) -> str:
     """`-a1b2c3d4e5` for the baseline folder's name when arguments are passed; '' when none."""
     if not call_args:
         return ""
-    text = json.dumps(dict(call_args), sort_keys=True, separators=(",", ":"))
+    text = json.dumps(dict(call_args), sort_keys=True, separators=(",", ":"), default=_json_default)
     return "-a" + hashlib.sha256(text.encode("utf-8")).hexdigest()[:9]
 
 
 def document(call_args: tuple[tuple[str, Any], ...]) -> dict[str, Any]:
-    """As JSON files write them: a mapping, lists for tuples."""
-    return json.loads(json.dumps(dict(call_args)))
+    """As JSON files write them: a mapping, lists for tuples, an image as its size and hash."""
+    return json.loads(json.dumps(dict(call_args), default=_json_default))
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, ImageArgument):
+        return value.text()
+    raise TypeError(f"{type(value).__name__} is not a call argument sdopt keeps")

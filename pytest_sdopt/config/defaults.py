@@ -16,6 +16,9 @@ REFERENCE = "fp32"
 # scene it was trained on, and the guidance it draws cleanly at).
 DEFAULT_PROMPT = "high resolution, a photograph of an astronaut riding a horse"
 DEFAULT_GUIDANCE = 7.5
+# What a run does (models/tasks.py): draw from a prompt, redraw an init image, or repaint a masked part.
+TEXT_TO_IMAGE, IMG2IMG, INPAINT = "text-to-image", "img2img", "inpaint"
+TASKS = (TEXT_TO_IMAGE, IMG2IMG, INPAINT)
 RANDOM_MODELS = ("sd15-random", "sdxl-random", "sd3-random")  # published architectures, random weights
 NAMED_MODELS = ("tiny", *RANDOM_MODELS)
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")

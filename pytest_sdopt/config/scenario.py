@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from pytest_sdopt.config.defaults import REFERENCE
+from pytest_sdopt.config.defaults import REFERENCE, TEXT_TO_IMAGE
 
 
 @dataclass(frozen=True)
@@ -28,6 +28,7 @@ class Scenario:
     steps: int | None
     guidance: float | None
     call_args: tuple[tuple[str, Any], ...] = ()
+    task: str = TEXT_TO_IMAGE  # or img2img, inpaint (models/tasks.py)
 
     @property
     def call_arguments(self) -> dict[str, Any]:
@@ -78,5 +79,8 @@ class GateLimits:
 
 
 def _thawed(value: Any) -> Any:
-    """A call argument as the pipeline takes it: lists, where the scenario keeps tuples."""
-    return [_thawed(item) for item in value] if isinstance(value, tuple) else value
+    """A call argument as the pipeline takes it: lists where the scenario keeps tuples, a PIL image
+    where it keeps an image's bytes and hash (config/call_args.ImageArgument)."""
+    if isinstance(value, tuple):
+        return [_thawed(item) for item in value]
+    return value.image() if hasattr(value, "image") and hasattr(value, "sha256") else value

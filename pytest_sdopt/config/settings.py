@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
 
-from pytest_sdopt.config.defaults import REFERENCE, anchor_model_path
+from pytest_sdopt.config.defaults import REFERENCE, TASKS, TEXT_TO_IMAGE, anchor_model_path
 from pytest_sdopt.core.errors import SdoptUsageError
 from pytest_sdopt.config.parsers import (parse_byte_size, parse_float, parse_fraction, parse_image_size, parse_int, parse_ssim)
 
@@ -31,6 +31,13 @@ def _text(value: object, what: str) -> str:
     if not isinstance(value, str) or not value.strip():
         raise SdoptUsageError(f"{what} must be a non-empty string, not {value!r}.")
     return value.strip()
+
+
+def _task(value: object, what: str) -> str:
+    text = _text(value, what).lower()
+    if text not in TASKS:
+        raise SdoptUsageError(f"{what} must be one of {', '.join(TASKS)}, not {value!r}.")
+    return text
 
 
 def _prompt(value: object, what: str) -> str:
@@ -190,6 +197,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("steps", "denoising steps (default: the model's)", None, lambda v, w: parse_int(v, w, 1), metavar="N"),
     Setting("guidance", "classifier-free guidance scale (default: the model's own, else 7.5)", None,
             lambda v, w: parse_float(v, w, 0.0), metavar="SCALE"),
+    Setting("task", "what a run does: text-to-image (default), img2img or inpaint (SD 1.5 and SDXL); an init image "
+            "and mask are drawn unless a run passes image= / mask_image=", TEXT_TO_IMAGE, _task, metavar="TASK"),
     Setting("repeats", "measured runs per stack (default 3)", 3, lambda v, w: parse_int(v, w, 1),
             kind="measurement", metavar="N"),
     Setting("warmup", "unmeasured warm-up runs per stack (default 1)", 1, lambda v, w: parse_int(v, w, 0),

@@ -19,8 +19,9 @@ from pytest_sdopt.checks.checking import CheckedRun, CheckInputs, check_run
 from pytest_sdopt.checks.promises import MemoryRatio, PromiseInputs, bound_for
 from pytest_sdopt.checks.similarity import artifact_folder
 from pytest_sdopt.checks.speed import Verdict, judge_speed
+from pytest_sdopt.config.defaults import TEXT_TO_IMAGE
 from pytest_sdopt.config.scenario import GateLimits, Measurement, Scenario
-from pytest_sdopt.config.call_args import freeze, merged, unaccepted
+from pytest_sdopt.config.call_args import ImageArgument, freeze, merged, unaccepted
 from pytest_sdopt.config.settings import (GATE_KEYWORDS, MARKER_KEYWORDS, RUN_KEYWORDS, SCENARIO_KEYS, keyword_overrides,
                                           marker_overrides, resolve_gates, resolve_run)
 from pytest_sdopt.core.errors import (OutOfMemoryWhile, PipelineCallFailed, RunOutOfMemory, SdoptUsageError, first_line,
@@ -34,6 +35,7 @@ from pytest_sdopt.measure.isolation import rng_states_kept
 from pytest_sdopt.measure.memory import high_water_mark, resident_bytes, restart_high_water_marks
 from pytest_sdopt.measure.settling import CHECK_SETTLE_S, settle, settle_recording
 from pytest_sdopt.models.sources import ModelSource
+from pytest_sdopt.models.tasks import defaults_for, for_task, unsupported
 from pytest_sdopt.results.summary import RunRecord
 from pytest_sdopt.stacks import Stack, parse_stack
 from pytest_sdopt.stacks.promises import MEMORY, METRICS, SPEED, StackPromise, stack_promise
@@ -44,6 +46,7 @@ from pytest_sdopt.stacks.promises import MEMORY, METRICS, SPEED, StackPromise, s
 # 20% slowdown (0.82x) from a 0.90x promise took ~30 pairs, ~35 s; at 20 s such checks stayed
 # inconclusive (benchmarks/promises.py). A check that is decided early stops early.
 PROMISE_SETTLE_S = 60.0
+DEFAULT_TASK_SIZE = (512, 512)  # an init image's size for a model that names no default size
 
 
 def stack_name(text: str) -> str:
@@ -109,9 +112,12 @@ class Orchestrator:
         scenario, measurement = resolve_run(self.session.settings, marker,
                                             keyword_overrides(settings, where, stack_name=stack_name))
         source = self.session.model(scenario.model)
+        refused = unsupported(scenario.task, source.family.name, model_label(scenario.model))
+        if refused is not None:
+            raise refused
         from_marker, from_keywords = freeze(marker_calls, "@pytest.mark.sdopt"), freeze(keyword_calls, where)
         if from_marker or from_keywords:
-            pipeline, accepted = source.call_parameters()
+            pipeline, accepted = source.call_parameters(scenario.task)
             for given, said_in, settings in ((from_marker, "@pytest.mark.sdopt", MARKER_KEYWORDS),
                                              (from_keywords, where, RUN_KEYWORDS)):
                 refused = unaccepted(given, accepted, pipeline, settings, said_in)
@@ -119,11 +125,27 @@ class Orchestrator:
                     raise refused
         call_args = merged(from_marker, from_keywords)
         device = resolve_device(scenario.device, xdist_worker(), self.session.settings.share_gpus)
-        scenario = source.complete(replace(scenario, device=str(device), call_args=call_args))
+        scenario = self._with_task(source.complete(replace(scenario, device=str(device), call_args=call_args)), source)
         unmet = parsed.unmet_requirement(device.type) or parsed.unmet_by_model(model_label(scenario.model), source.denoiser)
         if unmet is not None and runnable_here:
             raise unmet
         return PlannedRun(parsed, scenario, measurement, source, device)
+
+    def _with_task(self, scenario: Scenario, source: ModelSource) -> Scenario:
+        """An img2img or inpainting scenario with the init image and mask it needs (drawn where the run
+        gave none) and the size it draws at: the init image's."""
+        if scenario.task == TEXT_TO_IMAGE:
+            return scenario
+        given = dict(scenario.call_args)
+        drawn = defaults_for(scenario.task, scenario.size or DEFAULT_TASK_SIZE, set(given))
+        call_args = merged(scenario.call_args, freeze(drawn, "the task's defaults"))
+        size = dict(call_args)["image"].size
+        strength = dict(call_args).get("strength", source.call_default(scenario.task, "strength"))
+        if isinstance(strength, (int, float)) and scenario.steps and int(scenario.steps * strength) < 1:
+            raise SdoptUsageError(
+                f"an {scenario.task} run of {scenario.steps} steps at strength {strength:g} denoises "
+                f"int({scenario.steps} x {strength:g}) = 0 steps, so it would draw nothing; raise steps or strength.")
+        return replace(scenario, call_args=call_args, size=size)
 
     def limits(self, result: Any, gate_keywords: dict[str, Any]) -> GateLimits:
         keywords = keyword_overrides(gate_keywords, "sdopt.check", GATE_KEYWORDS, stack_name=stack_name)
@@ -283,7 +305,8 @@ class Orchestrator:
         """The loaded pipeline with the stack applied; OutOfMemoryWhile names the phase that ran out."""
         out_of_memory = None
         try:
-            pipe = plan.source.load()  # on the CPU: the stack places it (offloads keep it there)
+            # On the CPU (the stack places it; offloads keep it there), as the task's pipeline.
+            pipe = for_task(plan.source.load(), plan.scenario.task)
         except Exception as exc:
             if not is_out_of_memory(exc):
                 raise
@@ -448,10 +471,11 @@ def call_failed_message(plan: PlannedRun, error: str, where: str, env: dict[str,
     """One paragraph for a pipeline call that raised: what, where, with which passed-through
     arguments, and the versions (a diffusers / transformers mismatch is the usual cause)."""
     scenario = plan.scenario
-    passed = ", ".join(f"{name}={value!r}" for name, value in scenario.call_arguments.items())
+    passed = ", ".join(f"{name}={value.text() if isinstance(value, ImageArgument) else repr(value)}"
+                       for name, value in scenario.call_args)
     arguments = f" The call passed {passed} through to the pipeline." if passed else ""
     versions = ", ".join(f"{name} {env[name]}" for name in ("torch", "diffusers", "transformers") if env.get(name))
-    return (f"stack {plan.stack.name!r}: the pipeline's call failed on model {scenario.model!r} "
+    return (f"stack {plan.stack.name!r}: the pipeline's call failed on model {model_label(scenario.model)!r} "
             f"({scenario.size_text}, {scenario.steps} steps): {error} (raised at {where}).{arguments} "
             f"With {versions}; an error inside diffusers or transformers is most often a version mismatch "
             f"between them.")

@@ -123,14 +123,23 @@ class StepClock:
         return [later - earlier for earlier, later in zip(marks, marks[1:])]
 
 
-def call_kwargs(scenario: Scenario) -> dict[str, Any]:
+def call_kwargs(scenario: Scenario, pipe: Any = None) -> dict[str, Any]:
     kwargs: dict[str, Any] = {"prompt": scenario.prompt, "guidance_scale": scenario.guidance, "output_type": "pil"}
     if scenario.steps is not None:
         kwargs["num_inference_steps"] = scenario.steps
-    if scenario.size is not None:
+    if scenario.size is not None and _takes(pipe, "width"):  # img2img draws at its init image's size
         kwargs["width"], kwargs["height"] = scenario.size
     kwargs.update(scenario.call_arguments)  # the pipeline's own (negative_prompt, ...); none is one of the above
     return kwargs
+
+
+def _takes(pipe: Any, name: str) -> bool:
+    """Whether `pipe`'s call names the keyword `name` (None: any pipeline, as text-to-image's do)."""
+    if pipe is None:
+        return True
+    import inspect
+
+    return name in inspect.signature(type(pipe).__call__).parameters
 
 
 class Runner:
@@ -147,7 +156,7 @@ class Runner:
         pipe.set_progress_bar_config(disable=True)
         self.resident_at_start = resident_at_start
         self.pipe, self.stack, self.scenario, self.device, self.env = pipe, stack, scenario, device, env
-        self.kwargs = call_kwargs(scenario)
+        self.kwargs = call_kwargs(scenario, pipe)
         self.trackers = trackers_for(device)
         self.step_times: list[list[float]] = []
         self.totals: list[float] = []

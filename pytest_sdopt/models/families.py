@@ -33,6 +33,10 @@ FAMILIES = (
 )
 BY_PIPELINE = {family.pipeline: family for family in FAMILIES}
 BY_FAMILY = {family.name: family for family in FAMILIES}
+# A folder saved from an img2img or inpainting pipeline holds the same components: it loads as that
+# class, and the run's task (models/tasks.py) derives the pipeline it needs from it.
+TASK_PIPELINES = {"StableDiffusionImg2ImgPipeline": "sd15", "StableDiffusionInpaintPipeline": "sd15",
+                  "StableDiffusionXLImg2ImgPipeline": "sdxl", "StableDiffusionXLInpaintPipeline": "sdxl"}
 SD15 = BY_PIPELINE["StableDiffusionPipeline"]
 DENOISER_KINDS = {"UNet2DConditionModel": "unet", "SD3Transformer2DModel": "transformer"}
 
@@ -63,13 +67,12 @@ def read_family(folder: Path, name: str) -> tuple[Family, Denoiser]:
     except (OSError, ValueError) as exc:
         raise SdoptUsageError(f"model {name!r}: {folder / 'model_index.json'} cannot be read ({exc}).") from None
     pipeline = str(index.get("_class_name") or "")
-    family = BY_PIPELINE.get(pipeline)
+    family = BY_PIPELINE.get(pipeline) or BY_FAMILY.get(TASK_PIPELINES.get(pipeline, ""))
     if family is None:
         raise SdoptUsageError(
             f"model {name!r} is a {pipeline or 'pipeline with no _class_name'} (its model_index.json), which "
-            f"pytest-sdopt does not run; it runs text-to-image pipelines of these classes: {supported_classes()}. "
-            f"An img2img or inpainting folder's components load as its text-to-image pipeline: save them "
-            f"with `StableDiffusionPipeline.from_pipe(pipe).save_pretrained(folder)`."
+            f"pytest-sdopt does not run; it runs these pipeline classes: {supported_classes()}, and the img2img "
+            f"and inpainting pipelines of SD 1.5 and SDXL ({', '.join(TASK_PIPELINES)})."
         )
     return family, denoiser_of(index, family)
 

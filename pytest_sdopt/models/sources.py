@@ -26,9 +26,10 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from pytest_sdopt.core.errors import SdoptUsageError
-from pytest_sdopt.config.defaults import DEFAULT_GUIDANCE, DEFAULT_PROMPT, RANDOM_MODELS, looks_like_path
+from pytest_sdopt.config.defaults import DEFAULT_GUIDANCE, DEFAULT_PROMPT, RANDOM_MODELS, TEXT_TO_IMAGE, looks_like_path
 from pytest_sdopt.models.families import (BY_FAMILY, SD15 as SD15_FAMILY, Denoiser, Family, null_components,
                                           read_family)
+from pytest_sdopt.models.tasks import pipeline_class
 
 EMBEDDED = Path(__file__).resolve().parent / "embedded"
 TINY_DIR = EMBEDDED / "tiny"
@@ -68,21 +69,29 @@ class ModelSource:
         """The diffusers pipeline class this model loads as (from model_index.json; torch-free)."""
         return self.family.pipeline
 
-    def call_parameters(self) -> tuple[str, frozenset[str] | None]:
-        """The pipeline class's name and the keywords its `__call__` names (None: a class diffusers
-        does not have, so nothing can be checked). A catch-all `**kwargs` is not counted: diffusers'
-        pipelines keep it for deprecated arguments, and a typo must not vanish into it."""
+    def call_parameters(self, task: str = TEXT_TO_IMAGE) -> tuple[str, frozenset[str] | None]:
+        """The task's pipeline class's name and the keywords its `__call__` names (None: a class
+        diffusers does not have, so nothing can be checked). A catch-all `**kwargs` is not counted:
+        diffusers' pipelines keep it for deprecated arguments, and a typo must not vanish into it."""
+        name, parameters = self._call_signature(task)
+        if parameters is None:
+            return name, None
+        return name, frozenset(key for key, parameter in parameters.items() if key != "self"
+                               and parameter.kind not in (parameter.VAR_KEYWORD, parameter.VAR_POSITIONAL))
+
+    def call_default(self, task: str, name: str) -> Any:
+        """The default of keyword `name` in the task's pipeline's `__call__` (None: it has none)."""
+        parameter = (self._call_signature(task)[1] or {}).get(name)
+        return None if parameter is None or parameter.default is parameter.empty else parameter.default
+
+    def _call_signature(self, task: str) -> tuple[str, Any]:
         import inspect
 
         import diffusers
 
-        name = self.pipeline_class_name()
+        name = pipeline_class(self.family.name, task)
         cls = getattr(diffusers, name, None)
-        if cls is None:
-            return name, None
-        parameters = inspect.signature(cls.__call__).parameters
-        return name, frozenset(key for key, parameter in parameters.items() if key != "self"
-                               and parameter.kind not in (parameter.VAR_KEYWORD, parameter.VAR_POSITIONAL))
+        return name, None if cls is None else inspect.signature(cls.__call__).parameters
 
     def load(self) -> Any:
         """A new float32 pipeline on the CPU; the stack moves it where it runs."""
