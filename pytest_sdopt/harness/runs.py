@@ -306,7 +306,7 @@ class Orchestrator:
         out_of_memory = None
         try:
             # On the CPU (the stack places it; offloads keep it there), as the task's pipeline.
-            pipe = for_task(plan.source.load(), plan.scenario.task)
+            pipe = for_task(plan.source.load(), plan.scenario.task, plan.source.family.name)
         except Exception as exc:
             if not is_out_of_memory(exc):
                 raise

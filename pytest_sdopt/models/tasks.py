@@ -1,7 +1,7 @@
 """What a run does with the model: text-to-image, img2img or inpainting (SD 1.5 and SDXL).
 
 The model loads as its text-to-image pipeline (or whatever its folder holds) and `for_task`
-derives the task's pipeline from the same components with diffusers' `from_pipe`, so no weights
+derives the task's pipeline from the same components with the class's `from_pipe`, so no weights
 are loaded twice and every stack acts on the pipeline that runs. A run that names no init image
 or mask gets ones drawn by the scene generator at the scenario's size: a scene the embedded
 model was trained on, and a square mask over its middle (white: repainted), so the matrix runs
@@ -73,18 +73,14 @@ def defaults_for(task: str, size: tuple[int, int], given: set[str]) -> dict[str,
     return {name: draw[name](size) for name in NEEDS[task] if name not in given}
 
 
-def for_task(pipe: Any, task: str) -> Any:
-    """`pipe`'s components as the task's pipeline (the same objects: nothing is copied)."""
+def for_task(pipe: Any, task: str, family: str) -> Any:
+    """`pipe`'s components as the task's pipeline of `family` (the same objects: nothing is copied).
+
+    The class is named, not found through diffusers' AutoPipeline: that imports every pipeline
+    diffusers has, and with transformers 5 an older diffusers (0.35) fails on one of them."""
     import diffusers
 
-    if task_of(pipe) == task:
+    wanted = pipeline_class(family, task)
+    if type(pipe).__name__ == wanted:
         return pipe
-    auto = {TEXT_TO_IMAGE: diffusers.AutoPipelineForText2Image, IMG2IMG: diffusers.AutoPipelineForImage2Image,
-            INPAINT: diffusers.AutoPipelineForInpainting}[task]
-    return auto.from_pipe(pipe)
-
-
-def task_of(pipe: Any) -> str:
-    """The task a pipeline class does, by diffusers' naming (`StableDiffusionXLImg2ImgPipeline`)."""
-    name = type(pipe).__name__
-    return IMG2IMG if "Img2Img" in name else INPAINT if "Inpaint" in name else TEXT_TO_IMAGE
+    return getattr(diffusers, wanted).from_pipe(pipe)
