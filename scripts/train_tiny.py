@@ -153,7 +153,8 @@ def tune_decoder_for_tiles(vae: Any, recipe: Recipe, seed: int, log: Callable[[s
     rng, generator = random.Random(seed), torch.Generator().manual_seed(seed)
     scenes = training_scenes()
     vae.requires_grad_(False)
-    trained = [*vae.decoder.parameters(), *vae.post_quant_conv.parameters()]
+    post_quant = vae.post_quant_conv  # None in SD3's VAE
+    trained = [*vae.decoder.parameters(), *(post_quant.parameters() if post_quant is not None else ())]
     vae.decoder.train()
     for parameter in trained:
         parameter.requires_grad_(True)
@@ -181,10 +182,14 @@ class LatentPool:
     stds: torch.Tensor
     captions: list[str]
     scaling_factor: float  # 1 / std of the latents: what the pipeline multiplies them by
+    shift_factor: float = 0.0  # SD3: the latents' mean, subtracted before scaling (0: SD 1.5 and SDXL)
 
 
 @torch.no_grad()
-def encode_pool(vae: Any, recipe: Recipe, rng: random.Random, generator: torch.Generator) -> LatentPool:
+def encode_pool(vae: Any, recipe: Recipe, rng: random.Random, generator: torch.Generator,
+                shifted: bool = False) -> LatentPool:
+    """The training scenes' latent distributions, encoded once; `shifted` (SD3): the latents'
+    mean becomes the VAE's shift_factor, and the scaling factor is taken after it."""
     scenes = [rng.choice(training_scenes()) for _ in range(recipe.pool)]
     means, stds = [], []
     for start in range(0, len(scenes), 64):
@@ -194,8 +199,9 @@ def encode_pool(vae: Any, recipe: Recipe, rng: random.Random, generator: torch.G
     mean, std = torch.cat(means), torch.cat(stds)
     sample = mean + std * torch.randn(mean.shape, generator=generator)
     # Rounded, so the config file is byte-stable across runs that agree to float precision.
-    scaling = float(f"{1.0 / sample.std().item():.5g}")
-    return LatentPool(mean, std, [scene.caption for scene in scenes], scaling)
+    shift = float(f"{sample.mean().item():.5g}") if shifted else 0.0
+    scaling = float(f"{1.0 / (sample - shift).std().item():.5g}")
+    return LatentPool(mean, std, [scene.caption for scene in scenes], scaling, shift)
 
 
 class Ema:
@@ -234,17 +240,120 @@ def make_words_independent(text_encoder: Any) -> None:
         layer.requires_grad_(False)
 
 
-def train_denoiser(unet: Any, text_encoder: Any, tokenizer: Any, pool: LatentPool, recipe: Recipe,
-                   generator: torch.Generator, log: Callable[[str], None]) -> tuple[Any, Any, float]:
-    """UNet and text encoder together, epsilon prediction on SD 1.5's noise schedule, min-SNR
-    weighted; returns the EMA copies and the final loss."""
+class RepeatedContextAttention:
+    """SD3's joint attention, computed with the T5 positions folded into one.
+
+    Without T5 the pipeline gives the transformer 256 positions of zeros after the 77 CLIP ones.
+    The text stream has no position embedding, so those 256 are identical at every layer, and
+    attention to 256 identical keys is attention to one of them with its logit raised by ln 256.
+    Training on 77 + 1 positions with that bias computes the same function of the weights (so the
+    same loss and gradients: checked to float precision in tests/test_train_tiny.py) at about a
+    third of the cost. Used only in training; the shipped model runs diffusers' own processor.
+    """
+
+    def __init__(self, copies: int):
+        self.log_copies = math.log(copies)
+
+    def __call__(self, attn: Any, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
+                 *args: Any, **kwargs: Any) -> Any:
+        batch, image_positions = hidden_states.shape[:2]
+
+        def split_heads(x: torch.Tensor) -> torch.Tensor:
+            return x.view(batch, -1, attn.heads, x.shape[-1] // attn.heads).transpose(1, 2)
+
+        query, key, value = (split_heads(attn.to_q(hidden_states)), split_heads(attn.to_k(hidden_states)),
+                             split_heads(attn.to_v(hidden_states)))
+        if attn.norm_q is not None:
+            query = attn.norm_q(query)
+        if attn.norm_k is not None:
+            key = attn.norm_k(key)
+        text_query, text_key, text_value = (split_heads(attn.add_q_proj(encoder_hidden_states)),
+                                            split_heads(attn.add_k_proj(encoder_hidden_states)),
+                                            split_heads(attn.add_v_proj(encoder_hidden_states)))
+        if attn.norm_added_q is not None:
+            text_query = attn.norm_added_q(text_query)
+        if attn.norm_added_k is not None:
+            text_key = attn.norm_added_k(text_key)
+        query, key, value = (torch.cat(pair, dim=2) for pair in
+                             ((query, text_query), (key, text_key), (value, text_value)))
+        bias = query.new_zeros(key.shape[2])
+        bias[-1] = self.log_copies  # the one position that stands for all the T5 ones
+        mixed = F.scaled_dot_product_attention(query, key, value, attn_mask=bias[None, :])
+        mixed = mixed.transpose(1, 2).reshape(batch, -1, query.shape[1] * query.shape[-1])
+        image, text = mixed[:, :image_positions], mixed[:, image_positions:]
+        if not attn.context_pre_only:
+            text = attn.to_add_out(text)
+        return attn.to_out[1](attn.to_out[0](image)), text
+
+
+class TextConditioning:
+    """What a family's pipeline hands its denoiser for a batch of token ids, computed as the
+    pipeline computes it, and the unconditional input its classifier-free guidance uses.
+
+    sd15: CLIP's last hidden state; the unconditional input is the empty prompt's.
+    sdxl: both CLIPs' penultimate hidden states side by side, the second's pooled projection and
+    the time ids of an unscaled, uncropped image at the training size; the unconditional input is
+    zeros (SDXL's `force_zeros_for_empty_prompt`).
+    sd3: the same two hidden states, padded to the joint-attention width and followed by the zeros
+    that stand for T5 (max_sequence_length positions), the two pooled projections side by side; the
+    unconditional input is the empty prompt's.
+    """
+
+    T5_POSITIONS = 256  # StableDiffusion3Pipeline's default max_sequence_length
+
+    def __init__(self, family: str, encoders: list[Any], denoiser_config: Any, folded: bool = False):
+        self.family, self.encoders, self.config = family, encoders, denoiser_config
+        # folded: the T5 positions as one (RepeatedContextAttention), not T5_POSITIONS
+        self.t5_positions = 1 if folded else self.T5_POSITIONS
+
+    def __call__(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if self.family == "sd15":
+            return self.encoders[0](ids)[0], None
+        outputs = [encoder(ids, output_hidden_states=True) for encoder in self.encoders]
+        context = torch.cat([output.hidden_states[-2] for output in outputs], dim=-1)
+        if self.family == "sdxl":
+            return context, outputs[-1][0]
+        width = self.config.joint_attention_dim
+        context = F.pad(context, (0, width - context.shape[-1]))
+        context = torch.cat([context, context.new_zeros(len(ids), self.t5_positions, width)], dim=1)
+        return context, torch.cat([output[0] for output in outputs], dim=-1)
+
+    def unconditional_is_zeros(self) -> bool:
+        return self.family == "sdxl"
+
+
+def _denoiser_output(denoiser: Any, family: str, noisy: torch.Tensor, timesteps: torch.Tensor,
+                     context: torch.Tensor, pooled: torch.Tensor | None) -> torch.Tensor:
+    if family == "sd15":
+        return denoiser(noisy, timesteps, context).sample
+    if family == "sdxl":
+        side = noisy.shape[-1] * 8
+        time_ids = torch.tensor([[side, side, 0, 0, side, side]], dtype=noisy.dtype).repeat(len(noisy), 1)
+        return denoiser(noisy, timesteps, context, added_cond_kwargs={"text_embeds": pooled, "time_ids": time_ids}).sample
+    return denoiser(hidden_states=noisy, timestep=timesteps, encoder_hidden_states=context,
+                    pooled_projections=pooled).sample
+
+
+def train_denoiser(denoiser: Any, text_encoders: list[Any], tokenizer: Any, pool: LatentPool, recipe: Recipe,
+                   generator: torch.Generator, log: Callable[[str], None],
+                   family: str = "sd15") -> tuple[Any, list[Any], float]:
+    """Denoiser and text encoders together; returns their EMA copies and the final loss.
+
+    sd15 and sdxl: epsilon prediction on SD 1.5's noise schedule (SDXL's is the same), min-SNR
+    weighted. sd3: rectified flow as SD3 trains it: the noisy latent is (1 - sigma) x + sigma noise,
+    the target the velocity noise - x, sigma drawn logit-normal and shifted by the scheduler's shift,
+    the transformer told sigma x 1000.
+    """
     from diffusers import DDPMScheduler
+
+    from pytest_sdopt.models.architectures import SD3_SCHEDULER
 
     schedule = {k: SD15_SCHEDULER[k] for k in ("beta_start", "beta_end", "beta_schedule", "num_train_timesteps")}
     noising = DDPMScheduler(**schedule)
     alphas = noising.alphas_cumprod
     snr = alphas / (1 - alphas)
     weights = torch.clamp(snr, max=recipe.min_snr_gamma) / snr  # min-SNR-gamma for epsilon prediction
+    shift = SD3_SCHEDULER["shift"]
 
     captions = sorted(set(pool.captions))
     index = {caption: i for i, caption in enumerate(captions)}
@@ -252,30 +361,56 @@ def train_denoiser(unet: Any, text_encoder: Any, tokenizer: Any, pool: LatentPoo
                     truncation=True, return_tensors="pt").input_ids
     empty = len(captions)
     caption_of = torch.tensor([index[c] for c in pool.captions])
+    conditioning = TextConditioning(family, text_encoders, denoiser.config, folded=family == "sd3")
+    if family == "sd3":
+        from diffusers.models.attention_processor import JointAttnProcessor2_0
 
-    modules = [unet, text_encoder]
+        denoiser.set_attn_processor(RepeatedContextAttention(TextConditioning.T5_POSITIONS))
+
+    modules = [denoiser, *text_encoders]
     for module in modules:
         module.train().requires_grad_(True)
     if recipe.word_codes:
-        make_words_independent(text_encoder)
+        for text_encoder in text_encoders:
+            make_words_independent(text_encoder)
     trained = [p for module in modules for p in module.parameters() if p.requires_grad]
-    stage = Stage("unet", trained, recipe.unet_lr,
-                  recipe.unet_steps, log, "noise mse", weight_decay=0.01, window=100)
+    stage = Stage("unet" if family != "sd3" else "dit", trained, recipe.unet_lr,
+                  recipe.unet_steps, log, "noise mse" if family != "sd3" else "velocity mse", weight_decay=0.01,
+                  window=100)
     ema = Ema(modules, recipe.ema_decay)
     for _ in range(recipe.unet_steps):
         pick = torch.randint(len(pool.captions), (recipe.unet_batch,), generator=generator)
         latents = pool.means[pick] + pool.stds[pick] * torch.randn(pool.means[pick].shape, generator=generator)
-        latents = latents * pool.scaling_factor
+        latents = (latents - pool.shift_factor) * pool.scaling_factor
         chosen = caption_of[pick].clone()
-        chosen[torch.rand(recipe.unet_batch, generator=generator) < recipe.uncond_probability] = empty
-        timesteps = torch.randint(noising.config.num_train_timesteps, (recipe.unet_batch,), generator=generator)
+        dropped = torch.rand(recipe.unet_batch, generator=generator) < recipe.uncond_probability
+        if not conditioning.unconditional_is_zeros():
+            chosen[dropped] = empty
+        # Drawn in this order (timesteps, then noise) so that `tiny` retrains to the same weights.
+        if family == "sd3":
+            u = torch.sigmoid(torch.randn(recipe.unet_batch, generator=generator))
+            sigmas = (shift * u / (1 + (shift - 1) * u))[:, None, None, None]
+        else:
+            timesteps = torch.randint(noising.config.num_train_timesteps, (recipe.unet_batch,), generator=generator)
         noise = pyramid_noise(tuple(latents.shape), generator, recipe.pyramid_discount)
-        noisy = noising.add_noise(latents, noise, timesteps)
-        context = text_encoder(ids[chosen])[0]
-        predicted = unet(noisy, timesteps, context).sample
-        per_sample = F.mse_loss(predicted, noise, reduction="none").mean(dim=(1, 2, 3))
-        loss = (per_sample * weights[timesteps]).mean()
+        context, pooled = conditioning(ids[chosen])
+        if conditioning.unconditional_is_zeros():
+            keep = (~dropped).to(context.dtype)
+            context = context * keep[:, None, None]
+            pooled = pooled * keep[:, None]
+        if family == "sd3":
+            noisy = (1 - sigmas) * latents + sigmas * noise
+            predicted = _denoiser_output(denoiser, family, noisy, sigmas.flatten() * 1000, context, pooled)
+            per_sample = F.mse_loss(predicted, noise - latents, reduction="none").mean(dim=(1, 2, 3))
+            loss = per_sample.mean()
+        else:
+            noisy = noising.add_noise(latents, noise, timesteps)
+            predicted = _denoiser_output(denoiser, family, noisy, timesteps, context, pooled)
+            per_sample = F.mse_loss(predicted, noise, reduction="none").mean(dim=(1, 2, 3))
+            loss = (per_sample * weights[timesteps]).mean()
         stage.step(loss, per_sample.mean().item())
         ema.update()
-    unet_ema, text_ema = ema.shadow
-    return unet_ema.eval(), text_ema.eval(), stage.mean
+    denoiser_ema, *text_ema = ema.shadow
+    if family == "sd3":
+        denoiser_ema.set_attn_processor(JointAttnProcessor2_0())
+    return denoiser_ema.eval(), [module.eval() for module in text_ema], stage.mean

@@ -23,14 +23,32 @@ def test_draw(sdopt):
 """
 
 
-def test_the_embedded_model_is_small_and_a_real_diffusers_folder():
-    total = sum(f.stat().st_size for f in TINY_DIR.rglob("*") if f.is_file())
+# Each embedded model: its pipeline class, denoiser component and class, and its text encoders.
+EMBEDDED = {
+    "tiny": ("StableDiffusionPipeline", "unet", "UNet2DConditionModel", ["CLIPTextModel"]),
+    "tiny-xl": ("StableDiffusionXLPipeline", "unet", "UNet2DConditionModel",
+                ["CLIPTextModel", "CLIPTextModelWithProjection"]),
+    "tiny-sd3": ("StableDiffusion3Pipeline", "transformer", "SD3Transformer2DModel",
+                 ["CLIPTextModelWithProjection", "CLIPTextModelWithProjection"]),
+}
+
+
+@pytest.mark.parametrize("name", EMBEDDED)
+def test_each_embedded_model_is_small_and_a_real_diffusers_folder(name):
+    from pytest_sdopt.models.architectures import EMBEDDED_ARCHITECTURES
+
+    folder = TINY_DIR.parent / name
+    total = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
     assert total <= 10 * 10**6
-    index = json.loads((TINY_DIR / "model_index.json").read_text())
-    assert index["unet"] == ["diffusers", "UNet2DConditionModel"] and index["tokenizer"][1] == "CLIPTokenizer"
-    assert not [f for f in TINY_DIR.rglob("*") if f.suffix in (".bin", ".ckpt", ".pt")]
-    source = resolve_model("tiny")
-    assert (source.default_size, source.default_steps) == (TINY.default_size, TINY.default_steps) == ((128, 128), 10)
+    index = json.loads((folder / "model_index.json").read_text())
+    pipeline, denoiser, denoiser_class, encoders = EMBEDDED[name]
+    assert index["_class_name"] == pipeline and index[denoiser] == ["diffusers", denoiser_class]
+    assert [index[key][1] for key in ("text_encoder", "text_encoder_2") if key in index] == encoders
+    assert index["tokenizer"][1] == "CLIPTokenizer"
+    assert not [f for f in folder.rglob("*") if f.suffix in (".bin", ".ckpt", ".pt", ".pth", ".pkl")]
+    source, arch = resolve_model(name), EMBEDDED_ARCHITECTURES[name]
+    assert (source.kind, source.family.pipeline, source.denoiser.class_name) == ("embedded", pipeline, denoiser_class)
+    assert (source.default_size, source.default_steps) == (arch.default_size, arch.default_steps) == ((128, 128), 10)
 
 
 def test_a_local_folder_loads_through_from_pretrained(run_sdopt, tiny_copy):
@@ -85,7 +103,7 @@ def test_a_cached_hub_id_loads_offline(run_sdopt, tmp_path, monkeypatch):
 
 def test_a_name_that_is_neither_gets_the_list_of_kinds():
     # Not of the form org/name, so only a folder: "no such folder" and the other kinds, no hub-cache advice.
-    with pytest.raises(SdoptUsageError, match="no such folder.*'tiny', embedded; 'sd15-random', 'sdxl-random', 'sd3-random'; a cached hub id") as raised:
+    with pytest.raises(SdoptUsageError, match="no such folder.*'tiny', 'tiny-xl', 'tiny-sd3', embedded; 'sd15-random', 'sdxl-random', 'sd3-random', random weights; a cached hub id") as raised:
         resolve_model("not a model")
     assert "Hugging Face cache" not in str(raised.value)
 
@@ -124,14 +142,45 @@ def test_sdxl_and_sd3_random_have_the_published_parameter_counts(name):
     assert source.default_size == (1024, 1024)
 
 
-def test_the_shipped_files_are_those_the_training_run_recorded():
-    made = json.loads((TINY_DIR / "sdopt_model.json").read_text())
-    shipped = {f.relative_to(TINY_DIR).as_posix() for f in TINY_DIR.rglob("*") if f.is_file()} - {"sdopt_model.json"}
+@pytest.mark.parametrize("name", EMBEDDED)
+def test_the_shipped_files_are_those_the_training_run_recorded(name):
+    folder = TINY_DIR.parent / name
+    made = json.loads((folder / "sdopt_model.json").read_text())
+    shipped = {f.relative_to(folder).as_posix() for f in folder.rglob("*") if f.is_file()} - {"sdopt_model.json"}
     assert set(made["sha256"]) == shipped
     for relative, digest in made["sha256"].items():
-        assert hashlib.sha256((TINY_DIR / relative).read_bytes()).hexdigest() == digest, relative
+        assert hashlib.sha256((folder / relative).read_bytes()).hexdigest() == digest, relative
     assert made["trained"]["minutes"] <= 75  # "about an hour" on the 2-core machine that trained it
-    assert made["made_with"]["threads"] >= 1
+    assert made["made_with"]["threads"] >= 1 and made["name"] == name
+
+
+def test_tiny_xl_shares_tinys_vae_and_tiny_sd3_started_from_it():
+    vae = {name: json.loads((TINY_DIR.parent / name / "sdopt_model.json").read_text())["sha256"]
+           ["vae/diffusion_pytorch_model.safetensors"] for name in EMBEDDED}
+    assert vae["tiny-xl"] == vae["tiny"] != vae["tiny-sd3"]
+    config = json.loads((TINY_DIR.parent / "tiny-sd3" / "vae" / "config.json").read_text())
+    assert config["latent_channels"] == 16 and config["shift_factor"] != 0 and not config["use_quant_conv"]
+
+
+@pytest.mark.parametrize("name", ["tiny-xl", "tiny-sd3"])
+def test_the_training_script_writes_each_family_reproducibly_as_a_folder_that_runs(tmp_path, name):
+    """--quick runs of the SDXL and SD3 models: the same files twice, the shipped configs, and a pipeline that draws."""
+    digests = []
+    for run in ("first", "second"):
+        subprocess.run([sys.executable, str(REPO / "scripts" / "make_tiny_model.py"), "--model", name, "--quick",
+                        "--out", str(tmp_path / run)], check=True, capture_output=True, timeout=300)
+        digests.append(json.loads((tmp_path / run / "sdopt_model.json").read_text())["sha256"])
+    assert digests[0] == digests[1]
+    shipped = json.loads((TINY_DIR.parent / name / "sdopt_model.json").read_text())["sha256"]
+    assert set(digests[0]) == set(shipped)
+    denoiser = "transformer" if name == "tiny-sd3" else "unet"
+    for relative in ("model_index.json", f"{denoiser}/config.json", "text_encoder_2/config.json",
+                     "tokenizer_2/vocab.json"):
+        assert digests[0][relative] == shipped[relative], relative
+    pipe = resolve_model(str(tmp_path / "first")).load()
+    image = pipe("a red circle on a blue background", num_inference_steps=2, height=64, width=64,
+                 output_type="np").images[0]
+    assert image.shape == (64, 64, 3)
 
 
 def test_the_training_script_is_reproducible_from_its_seed(tmp_path):

@@ -20,7 +20,8 @@ DEFAULT_GUIDANCE = 7.5
 TEXT_TO_IMAGE, IMG2IMG, INPAINT = "text-to-image", "img2img", "inpaint"
 TASKS = (TEXT_TO_IMAGE, IMG2IMG, INPAINT)
 RANDOM_MODELS = ("sd15-random", "sdxl-random", "sd3-random")  # published architectures, random weights
-NAMED_MODELS = ("tiny", *RANDOM_MODELS)
+EMBEDDED_MODELS = ("tiny", "tiny-xl", "tiny-sd3")  # trained here, shipped in the package: SD 1.5, SDXL, SD3
+NAMED_MODELS = (*EMBEDDED_MODELS, *RANDOM_MODELS)
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 

@@ -186,7 +186,8 @@ class Setting:
 
 
 SETTINGS: tuple[Setting, ...] = (
-    Setting("model", "tiny (embedded, default), sd15-random, sdxl-random, sd3-random, a diffusers folder, or a cached hub id",
+    Setting("model", "tiny (embedded, default), tiny-xl, tiny-sd3 (embedded SDXL, SD3), sd15-random, sdxl-random, "
+            "sd3-random, a diffusers folder, or a cached hub id",
             "tiny", _text, metavar="MODEL"),
     Setting("device", "auto (cuda if available, else cpu), cpu, cuda, cuda:N or mps", "auto", _device,
             metavar="DEVICE"),

@@ -110,6 +110,47 @@ TINY = Architecture(
     default_steps=10,
 )
 
+# SDXL's topology at tiny's width: three UNet levels with no attention at the highest resolution
+# (one transformer layer at the middle level, two at the lowest, as SDXL's 1/2/10), linear
+# projections, 64-d cross-attention from two CLIP encoders (32 + 32, read at their penultimate
+# layer) and the micro-conditioning on the pooled text of the second (32-d projection) and six
+# time ids (6 x 8); SD's VAE layout (SDXL's VAE differs from SD's only in its weights: tiny-xl
+# uses tiny's) and SDXL's Euler scheduler.
+TINY_XL = Architecture(
+    name="tiny-xl",
+    denoiser={"sample_size": 16, "in_channels": 4, "out_channels": 4,
+              "down_block_types": ("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+              "up_block_types": ("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+              "block_out_channels": (32, 48, 64), "layers_per_block": 1, "attention_head_dim": (2, 2, 2),
+              "transformer_layers_per_block": (1, 1, 2), "cross_attention_dim": 64, "use_linear_projection": True,
+              "addition_embed_type": "text_time", "addition_time_embed_dim": 8,
+              "projection_class_embeddings_input_dim": 6 * 8 + 32, "norm_num_groups": 8},
+    vae=TINY.vae,
+    text_encoder=_clip_text(hidden=32, intermediate=64, layers=2, heads=4),
+    text_encoder_2=_clip_text(hidden=32, intermediate=64, layers=2, heads=4, act="gelu"),
+    scheduler=SDXL_SCHEDULER,
+    default_steps=10,
+    family="sdxl",
+)
+
+# SD3's topology at tiny's width: an MMDiT of 4 joint blocks (2 heads of 32), patch 2 on a
+# 16-channel latent, 64-d joint attention (the two CLIPs' 32 + 32, so no padding; the 256
+# positions T5 would fill are zeros, as in SD3 without T5), 64-d pooled text; a 16-channel VAE
+# with no quant convs, its latents shifted and scaled; flow-matching Euler with SD3's shift 3.
+TINY_SD3 = Architecture(
+    name="tiny-sd3",
+    denoiser={"sample_size": 16, "patch_size": 2, "in_channels": 16, "num_layers": 4, "attention_head_dim": 32,
+              "num_attention_heads": 2, "joint_attention_dim": 64, "caption_projection_dim": 64,
+              "pooled_projection_dim": 64, "out_channels": 16, "pos_embed_max_size": 32},
+    vae={**TINY.vae, "latent_channels": 16, "use_quant_conv": False, "use_post_quant_conv": False},
+    text_encoder=_clip_text(hidden=32, intermediate=64, layers=2, heads=4),
+    text_encoder_2=_clip_text(hidden=32, intermediate=64, layers=2, heads=4, act="gelu"),
+    scheduler=SD3_SCHEDULER,
+    default_steps=10,
+    family="sd3",
+)
+EMBEDDED_ARCHITECTURES = {arch.name: arch for arch in (TINY, TINY_XL, TINY_SD3)}
+
 # The published SD 1.5 architecture: UNet2DConditionModel defaults with 768-d cross-attention,
 # the SD VAE, CLIP ViT-L/14's text tower. 859.52 M + 83.65 M + 123.06 M parameters.
 SD15 = Architecture(

@@ -14,7 +14,9 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from pytest_sdopt.config.defaults import TEXT_TO_IMAGE
 from pytest_sdopt.core.errors import SdoptUsageError
+from pytest_sdopt.models.tasks import PIPELINE_CLASSES
 from pytest_sdopt.stacks.spec import DENOISER_WORDS
 
 
@@ -35,8 +37,7 @@ BY_PIPELINE = {family.pipeline: family for family in FAMILIES}
 BY_FAMILY = {family.name: family for family in FAMILIES}
 # A folder saved from an img2img or inpainting pipeline holds the same components: it loads as that
 # class, and the run's task (models/tasks.py) derives the pipeline it needs from it.
-TASK_PIPELINES = {"StableDiffusionImg2ImgPipeline": "sd15", "StableDiffusionInpaintPipeline": "sd15",
-                  "StableDiffusionXLImg2ImgPipeline": "sdxl", "StableDiffusionXLInpaintPipeline": "sdxl"}
+TASK_PIPELINES = {cls: family for (family, task), cls in PIPELINE_CLASSES.items() if task != TEXT_TO_IMAGE}
 SD15 = BY_PIPELINE["StableDiffusionPipeline"]
 DENOISER_KINDS = {"UNet2DConditionModel": "unet", "SD3Transformer2DModel": "transformer"}
 

@@ -26,7 +26,8 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from pytest_sdopt.core.errors import SdoptUsageError
-from pytest_sdopt.config.defaults import DEFAULT_GUIDANCE, DEFAULT_PROMPT, RANDOM_MODELS, TEXT_TO_IMAGE, looks_like_path
+from pytest_sdopt.config.defaults import (DEFAULT_GUIDANCE, DEFAULT_PROMPT, EMBEDDED_MODELS, RANDOM_MODELS, TEXT_TO_IMAGE,
+                                         looks_like_path)
 from pytest_sdopt.models.families import (BY_FAMILY, SD15 as SD15_FAMILY, Denoiser, Family, null_components,
                                           read_family)
 from pytest_sdopt.models.tasks import pipeline_class
@@ -112,10 +113,12 @@ def resolve_model(text: str, cache: Path | None = None) -> ModelSource:
     `cache`: the folder where models without files (the random architectures) are saved once.
     """
     spec = text.strip()
-    if spec == "tiny":
-        facts = json.loads((TINY_DIR / "sdopt_model.json").read_text(encoding="utf-8"))
-        return ModelSource("tiny", "embedded", TINY_DIR, tuple(facts["default_size"]), facts["default_steps"],
-                           facts.get("default_prompt", DEFAULT_PROMPT), facts.get("default_guidance", DEFAULT_GUIDANCE))
+    if spec in EMBEDDED_MODELS:
+        folder = EMBEDDED / spec
+        facts = json.loads((folder / "sdopt_model.json").read_text(encoding="utf-8"))
+        return ModelSource(spec, "embedded", folder, tuple(facts["default_size"]), facts["default_steps"],
+                           facts.get("default_prompt", DEFAULT_PROMPT), facts.get("default_guidance", DEFAULT_GUIDANCE),
+                           **_family_fields(folder, spec))
     if spec in RANDOM_MODELS:
         from pytest_sdopt.models.architectures import RANDOM
 
@@ -131,10 +134,15 @@ def resolve_model(text: str, cache: Path | None = None) -> ModelSource:
         raise SdoptUsageError(
             f"model folder {str(path.absolute())!r} does not exist (no such folder). A relative folder is taken from "
             f"the ini file's folder for an ini value, the rootdir for a marker or keyword, and the current folder "
-            f"on the command line. (Other models: 'tiny', embedded; 'sd15-random', 'sdxl-random', 'sd3-random'; a cached hub id 'org/name'.)"
+            f"on the command line. (Other models: {_named_models()}; a cached hub id 'org/name'.)"
         )
     folder = _checked_folder(_cached_snapshot(spec, str(path.absolute())), spec)
     return ModelSource(spec, "hub", folder, _folder_default_size(folder), **_family_fields(folder, spec))
+
+
+def _named_models() -> str:
+    quoted = lambda names: ", ".join(repr(name) for name in names)  # noqa: E731
+    return f"{quoted(EMBEDDED_MODELS)}, embedded; {quoted(RANDOM_MODELS)}, random weights"
 
 
 def _family_fields(folder: Path, name: str) -> dict[str, Any]:

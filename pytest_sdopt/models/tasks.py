@@ -16,9 +16,8 @@ from typing import Any
 from pytest_sdopt.config.defaults import IMG2IMG, INPAINT, TASKS, TEXT_TO_IMAGE
 from pytest_sdopt.core.errors import SdoptUsageError
 
-__all__ = ["TASKS", "for_task", "defaults_for", "pipeline_class", "unsupported"]
-# The families each task runs on (models/families.py).
-TASK_FAMILIES = {TEXT_TO_IMAGE: ("sd15", "sdxl", "sd3"), IMG2IMG: ("sd15", "sdxl"), INPAINT: ("sd15", "sdxl")}
+__all__ = ["PIPELINE_CLASSES", "TASKS", "for_task", "defaults_for", "pipeline_class", "unsupported"]
+
 # What a task's call needs beyond a prompt, drawn when the run gives none.
 NEEDS = {TEXT_TO_IMAGE: (), IMG2IMG: ("image",), INPAINT: ("image", "mask_image")}
 DEFAULT_SCENE = ("red", "circle", "green")  # colour, shape, background: a caption `tiny` was trained on
@@ -28,7 +27,8 @@ PIPELINE_CLASSES = {
     ("sd15", INPAINT): "StableDiffusionInpaintPipeline", ("sdxl", TEXT_TO_IMAGE): "StableDiffusionXLPipeline",
     ("sdxl", IMG2IMG): "StableDiffusionXLImg2ImgPipeline", ("sdxl", INPAINT): "StableDiffusionXLInpaintPipeline",
     ("sd3", TEXT_TO_IMAGE): "StableDiffusion3Pipeline",
-}
+}  # the one table of which family runs which task as which class (families.py reads it too)
+TASK_FAMILIES = {task: tuple(family for family, of in PIPELINE_CLASSES if of == task) for task in TASKS}
 
 
 def pipeline_class(family: str, task: str) -> str:
