@@ -36,7 +36,12 @@ MATRIX_SKIPS = {
                  "*stack 'attention_slicing' cannot run here: attention_slicing needs a UNet*",
                  "*stack 'channels_last' cannot run here: channels_last needs a UNet*"),
 }
-LACKS_GROUP_OFFLOAD = not hasattr(__import__("diffusers").DiffusionPipeline, "enable_group_offload")
+
+
+def sd3_t5_positions() -> int:
+    """How many zero positions this diffusers' SD3 pipeline puts where T5's would be (77 in 0.35, 256 in 0.42)."""
+    pipe = resolve_model("tiny-sd3").load()
+    return pipe._get_t5_prompt_embeds(prompt="a circle", device="cpu").shape[1]
 
 
 @pytest.mark.parametrize("model", MATRIX_RUNS)
@@ -53,6 +58,9 @@ def test_the_shipped_baselines_cover_each_embedded_models_default_scenario(model
 def test_the_matrix_passes_on_each_embedded_family_against_the_shipped_baselines(pytester, model):
     """At the model's default scenario, as the README's command runs it; the SSIM gates read baselines/.
     (compile and the offloads are left out here for time: CI runs the whole matrix on each.)"""
+    if model == "tiny-sd3" and sd3_t5_positions() != 256:
+        pytest.skip(f"this diffusers pads SD3 without T5 with {sd3_t5_positions()} zero positions, not the 256 "
+                    f"tiny-sd3 was trained and its baselines recorded with (diffusers 0.42): another image")
     stacks = [s for s in MATRIX_RUNS[model] if s not in ("compile", "group_offload", "fp16")]
     skipped = "sdpa,tome,channels_last" if model == "tiny-sd3" else "sdpa,tome"
     result = pytester.runpytest("-p", "pytest_sdopt", *QUIET, "-rs", "--sdopt-model", model, "--sdopt-device", "cpu",
