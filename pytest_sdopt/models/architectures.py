@@ -45,6 +45,29 @@ def _sd_vae(channels: tuple[int, ...], layers: int, norm_groups: int, sample_siz
             "latent_channels": 4, "norm_num_groups": norm_groups, "sample_size": sample_size}
 
 
+def _sdxl_unet(channels: tuple[int, ...], heads: tuple[int, ...], transformer_layers: tuple[int, ...],
+               cross_attention_dim: int, time_embed_dim: int, pooled_dim: int, sample_size: int,
+               norm_groups: int = 32, layers: int = 2) -> dict[str, Any]:
+    """SDXL's UNet topology: three levels, no attention at the highest resolution, linear
+    projections, and micro-conditioning on the pooled text beside six embedded time ids."""
+    return {"sample_size": sample_size, "in_channels": 4, "out_channels": 4,
+            "down_block_types": ("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+            "up_block_types": ("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+            "block_out_channels": channels, "layers_per_block": layers, "attention_head_dim": heads,
+            "transformer_layers_per_block": transformer_layers, "cross_attention_dim": cross_attention_dim,
+            "use_linear_projection": True, "addition_embed_type": "text_time", "addition_time_embed_dim": time_embed_dim,
+            "projection_class_embeddings_input_dim": 6 * time_embed_dim + pooled_dim, "norm_num_groups": norm_groups}
+
+
+def _sd3_transformer(layers: int, heads: int, head_dim: int, joint_attention_dim: int, pooled_dim: int,
+                     sample_size: int, pos_embed_max_size: int) -> dict[str, Any]:
+    """SD3's MMDiT: joint blocks over patch-2 tokens of a 16-channel latent."""
+    return {"sample_size": sample_size, "patch_size": 2, "in_channels": 16, "num_layers": layers,
+            "attention_head_dim": head_dim, "num_attention_heads": heads, "joint_attention_dim": joint_attention_dim,
+            "caption_projection_dim": heads * head_dim, "pooled_projection_dim": pooled_dim, "out_channels": 16,
+            "pos_embed_max_size": pos_embed_max_size}
+
+
 def _clip_text(hidden: int, intermediate: int, layers: int, heads: int, act: str = "quick_gelu") -> dict[str, Any]:
     return {"hidden_size": hidden, "intermediate_size": intermediate, "num_hidden_layers": layers,
             "num_attention_heads": heads, "max_position_embeddings": 77, "hidden_act": act,
@@ -118,13 +141,8 @@ TINY = Architecture(
 # uses tiny's) and SDXL's Euler scheduler.
 TINY_XL = Architecture(
     name="tiny-xl",
-    denoiser={"sample_size": 16, "in_channels": 4, "out_channels": 4,
-              "down_block_types": ("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-              "up_block_types": ("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-              "block_out_channels": (32, 48, 64), "layers_per_block": 1, "attention_head_dim": (2, 2, 2),
-              "transformer_layers_per_block": (1, 1, 2), "cross_attention_dim": 64, "use_linear_projection": True,
-              "addition_embed_type": "text_time", "addition_time_embed_dim": 8,
-              "projection_class_embeddings_input_dim": 6 * 8 + 32, "norm_num_groups": 8},
+    denoiser=_sdxl_unet((32, 48, 64), heads=(2, 2, 2), transformer_layers=(1, 1, 2), cross_attention_dim=64,
+                        time_embed_dim=8, pooled_dim=32, sample_size=16, norm_groups=8, layers=1),
     vae=TINY.vae,
     text_encoder=_clip_text(hidden=32, intermediate=64, layers=2, heads=4),
     text_encoder_2=_clip_text(hidden=32, intermediate=64, layers=2, heads=4, act="gelu"),
@@ -139,9 +157,8 @@ TINY_XL = Architecture(
 # with no quant convs, its latents shifted and scaled; flow-matching Euler with SD3's shift 3.
 TINY_SD3 = Architecture(
     name="tiny-sd3",
-    denoiser={"sample_size": 16, "patch_size": 2, "in_channels": 16, "num_layers": 4, "attention_head_dim": 32,
-              "num_attention_heads": 2, "joint_attention_dim": 64, "caption_projection_dim": 64,
-              "pooled_projection_dim": 64, "out_channels": 16, "pos_embed_max_size": 32},
+    denoiser=_sd3_transformer(layers=4, heads=2, head_dim=32, joint_attention_dim=64, pooled_dim=64, sample_size=16,
+                              pos_embed_max_size=32),
     vae={**TINY.vae, "latent_channels": 16, "use_quant_conv": False, "use_post_quant_conv": False},
     text_encoder=_clip_text(hidden=32, intermediate=64, layers=2, heads=4),
     text_encoder_2=_clip_text(hidden=32, intermediate=64, layers=2, heads=4, act="gelu"),
@@ -168,13 +185,8 @@ SD15 = Architecture(
 # (694,659,840). Default 1024x1024, as published; 30 steps.
 SDXL = Architecture(
     name="sdxl-random",
-    denoiser={"sample_size": 128, "in_channels": 4, "out_channels": 4,
-              "down_block_types": ("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-              "up_block_types": ("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-              "block_out_channels": (320, 640, 1280), "layers_per_block": 2, "attention_head_dim": (5, 10, 20),
-              "transformer_layers_per_block": (1, 2, 10), "cross_attention_dim": 2048, "use_linear_projection": True,
-              "addition_embed_type": "text_time", "addition_time_embed_dim": 256,
-              "projection_class_embeddings_input_dim": 2816, "norm_num_groups": 32},
+    denoiser=_sdxl_unet((320, 640, 1280), heads=(5, 10, 20), transformer_layers=(1, 2, 10), cross_attention_dim=2048,
+                        time_embed_dim=256, pooled_dim=1280, sample_size=128),
     vae={**_sd_vae((128, 256, 512, 512), layers=2, norm_groups=32, sample_size=1024), "scaling_factor": 0.13025,
          "force_upcast": True},
     text_encoder=CLIP_L,
@@ -191,9 +203,8 @@ SDXL = Architecture(
 # Default 1024x1024; 28 steps.
 SD3 = Architecture(
     name="sd3-random",
-    denoiser={"sample_size": 128, "patch_size": 2, "in_channels": 16, "num_layers": 24, "attention_head_dim": 64,
-              "num_attention_heads": 24, "joint_attention_dim": 4096, "caption_projection_dim": 1536,
-              "pooled_projection_dim": 2048, "out_channels": 16, "pos_embed_max_size": 192},
+    denoiser=_sd3_transformer(layers=24, heads=24, head_dim=64, joint_attention_dim=4096, pooled_dim=2048,
+                              sample_size=128, pos_embed_max_size=192),
     vae={**_sd_vae((128, 256, 512, 512), layers=2, norm_groups=32, sample_size=1024), "latent_channels": 16,
          "scaling_factor": 1.5305, "shift_factor": 0.0609, "use_quant_conv": False, "use_post_quant_conv": False},
     text_encoder=CLIP_L,
