@@ -14,7 +14,7 @@ import pytest
 from pytest_sdopt.checks.baselines import BaselineStore
 from pytest_sdopt.config.call_args import key_part
 from pytest_sdopt.models.sources import resolve_model
-from tests.conftest import FAST
+from tests.conftest import FAST, skip_unless_tiny_sd3_draws_as_recorded
 
 REPO = Path(__file__).resolve().parent.parent
 QUIET = ("-W", "ignore::pytest.PytestAssertRewriteWarning")
@@ -38,12 +38,6 @@ MATRIX_SKIPS = {
 }
 
 
-def sd3_t5_positions() -> int:
-    """How many zero positions this diffusers' SD3 pipeline puts where T5's would be (77 in 0.35, 256 in 0.42)."""
-    pipe = resolve_model("tiny-sd3").load()
-    return pipe._get_t5_prompt_embeds(prompt="a circle", device="cpu").shape[1]
-
-
 @pytest.mark.parametrize("model", MATRIX_RUNS)
 def test_the_shipped_baselines_cover_each_embedded_models_default_scenario(model):
     """`pytest -p pytest_sdopt --sdopt-model tiny-xl --sdopt-matrix` on a fresh clone reads these."""
@@ -58,9 +52,7 @@ def test_the_shipped_baselines_cover_each_embedded_models_default_scenario(model
 def test_the_matrix_passes_on_each_embedded_family_against_the_shipped_baselines(pytester, model):
     """At the model's default scenario, as the README's command runs it; the SSIM gates read baselines/.
     (compile and the offloads are left out here for time: CI runs the whole matrix on each.)"""
-    if model == "tiny-sd3" and sd3_t5_positions() != 256:
-        pytest.skip(f"this diffusers pads SD3 without T5 with {sd3_t5_positions()} zero positions, not the 256 "
-                    f"tiny-sd3 was trained and its baselines recorded with (diffusers 0.42): another image")
+    skip_unless_tiny_sd3_draws_as_recorded(model)
     stacks = [s for s in MATRIX_RUNS[model] if s not in ("compile", "group_offload", "fp16")]
     skipped = "sdpa,tome,channels_last" if model == "tiny-sd3" else "sdpa,tome"
     result = pytester.runpytest("-p", "pytest_sdopt", *QUIET, "-rs", "--sdopt-model", model, "--sdopt-device", "cpu",

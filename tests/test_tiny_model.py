@@ -12,6 +12,7 @@ import torch
 
 from pytest_sdopt.models.sources import resolve_model
 from pytest_sdopt.models.scenes import Scene, held_out_scenes, read_scene, training_scenes
+from tests.conftest import skip_unless_tiny_sd3_draws_as_recorded
 
 SEEDS = (1, 2, 3, 4, 5)
 # Drawn at random, a colour pair would be right about 1 time in 30 and a shape 1 in 3 (13 of 40;
@@ -37,6 +38,7 @@ def shape_floor(model: str, which: int) -> int:
 
 @pytest.fixture(scope="module", params=list(FLOORS))
 def tiny(request):
+    skip_unless_tiny_sd3_draws_as_recorded(request.param)
     source = resolve_model(request.param)
     pipe = source.load()
     pipe.set_progress_bar_config(disable=True)
