@@ -327,8 +327,8 @@ def load_trained(folder: Path, recipe: "Recipe") -> tuple[dict, dict]:
 # times: at 4500 of 32 (the two side by side within the hour) neither had learned shapes.
 # tiny-sd3: its VAE starts from tiny's (warm_start_vae), so it trains 400 steps and tunes for
 # tiles 800; plain noise, because flow matching's first step is pure noise (sigma 1), so no low
-# frequency of the image can leak into it; 10000 batches, as its transformer sees the image as
-# 8x8 patches and at 8000 still drew held-out prompts' shapes at chance.
+# frequency of the image can leak into it; 10000 batches, after which it draws trained prompts'
+# shapes (28/40; 20/40 after 8000), held-out prompts' still at chance (issue 19).
 RECIPES = {"tiny": {}, "tiny-xl": {},
            "tiny-sd3": {"unet_steps": 10000, "pyramid_discount": 0.0, "vae_steps": 400, "tile_steps": 800}}
 
