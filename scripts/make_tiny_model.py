@@ -328,7 +328,8 @@ def load_trained(folder: Path, recipe: "Recipe") -> tuple[dict, dict]:
 # tiny-sd3: its VAE starts from tiny's (warm_start_vae), so it trains 400 steps and tunes for
 # tiles 800; plain noise, because flow matching's first step is pure noise (sigma 1), so no low
 # frequency of the image can leak into it; 10000 batches, after which it draws trained prompts'
-# shapes (28/40; 20/40 after 8000), held-out prompts' still at chance (issue 19).
+# shapes (28/40; 20/40 after 8000): its triangles, not its squares, which come out as circles, so
+# held-out prompts (circles and squares only) get their shapes at chance (issue 19).
 RECIPES = {"tiny": {}, "tiny-xl": {},
            "tiny-sd3": {"unet_steps": 10000, "pyramid_discount": 0.0, "vae_steps": 400, "tile_steps": 800}}
 

@@ -22,18 +22,23 @@ SEEDS = (1, 2, 3, 4, 5)
 # out with round corners, and read as circles), trained prompts' shapes 39/40.
 # tiny-xl (guidance 1.5): held-out colours 39/40, shapes 22/40, trained shapes 37/40, as tiny
 # (at 4,500 steps of 32 it had learned colours and not shapes: 32/40, 4/40, 16/40).
-# tiny-sd3 (10,000 steps of 48): 40/40, 15/40, 28/40 (at 8,000: 40/40, 15/40, 20/40). Trained
-# prompts get their shapes, held-out ones only at chance, so that one check skips for it, saying
-# so, until a training that generalises (issue 19).
+# tiny-sd3 (10,000 steps of 48): 40/40, 15/40, 28/40 (at 8,000: 40/40, 15/40, 20/40). It draws
+# triangles (trained ones 28 of 30) but every square as a circle, trained squares too (0 of 10):
+# one rounded blob for both words. The held-out prompts are circles and squares only, so they
+# come out right exactly when they ask for a circle (15/40), and that one check skips for it,
+# saying so, until a training that tells squares from circles (issue 19).
 # Per model: held-out colours right, held-out shapes right, trained shapes right (each of 40).
 FLOORS = {"tiny": (36, 19, 34), "tiny-xl": (35, 19, 33), "tiny-sd3": (36, None, 24)}
+# Why a model's held-out shape floor is None: what it has not learned, as measured on the shipped weights.
+UNLEARNED = {"tiny-sd3": "draws every square as a circle, trained prompts' squares too (0 of 10)"}
 
 
-def shape_floor(model: str, which: int) -> int:
-    floor = FLOORS[model][which]
+def held_out_shape_floor(model: str) -> int:
+    floor = FLOORS[model][1]
     if floor is None:
-        prompts = "held-out" if which == 1 else "trained"
-        pytest.skip(f"{model} draws {prompts} prompts' shapes at chance on the shipped weights (issue 19)")
+        shapes = " and ".join(sorted({scene.shape + "s" for scene in held_out_scenes()}))
+        pytest.skip(f"{model} {UNLEARNED[model]}; the held-out prompts ask for {shapes} only, so it draws "
+                    f"their shapes at chance (issue 19)")
     return floor
 
 
@@ -71,13 +76,13 @@ def test_prompts_it_never_saw_are_drawn_in_the_named_colours_where_the_prompt_pu
 
 def test_prompts_it_never_saw_are_drawn_in_the_named_shape_more_often_than_chance(tiny, held_out):
     right = sum(reading.matches_shape for reading in held_out)
-    assert right >= shape_floor(tiny[0].name, 1), f"{right}/{len(held_out)}:\n" + "\n".join(map(str, held_out))
+    assert right >= held_out_shape_floor(tiny[0].name), f"{right}/{len(held_out)}:\n" + "\n".join(map(str, held_out))
 
 
 def test_trained_prompts_are_drawn_in_the_named_shape(tiny):
     trained = readings(tiny, random.Random(0).sample(training_scenes(), 8))
     right = sum(reading.matches_shape for reading in trained)
-    assert right >= shape_floor(tiny[0].name, 2), f"{right}/{len(trained)}:\n" + "\n".join(map(str, trained))
+    assert right >= FLOORS[tiny[0].name][2], f"{right}/{len(trained)}:\n" + "\n".join(map(str, trained))
 
 
 def test_the_default_prompt_is_a_trained_scene_it_draws(tiny):
@@ -86,7 +91,7 @@ def test_the_default_prompt_is_a_trained_scene_it_draws(tiny):
     assert scene in training_scenes()
     reading = read_scene(drawn(tiny, source.default_prompt), scene)
     assert reading.matches  # its colours where the prompt puts them
-    assert reading.matches_shape or FLOORS[source.name][1] is None  # and its shape, where the model learned shapes
+    assert reading.matches_shape  # and its shape (a triangle: tiny-sd3 too has learned those)
 
 
 def test_different_seeds_draw_different_images_of_the_same_prompt(tiny):

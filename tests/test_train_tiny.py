@@ -106,3 +106,20 @@ def test_the_conditioning_trained_on_is_what_each_pipeline_encodes():
             assert torch.allclose(negative_pooled[0], pooled[1], atol=1e-6)
     if positive.shape[1] == 77 + TextConditioning.T5_POSITIONS:
         assert context.shape[1] == positive.shape[1]
+
+
+def test_each_recipe_is_the_one_its_shipped_weights_record():
+    """RECIPES (scripts/make_tiny_model.py) is what made the shipped weights, field for field: an
+    experiment left in the recipe, or weights shipped from another one, fails here."""
+    import dataclasses
+    import json
+
+    from make_tiny_model import RECIPES
+    from train_tiny import Recipe
+
+    from pytest_sdopt.models.architectures import EMBEDDED_ARCHITECTURES
+
+    embedded = Path(__file__).resolve().parent.parent / "pytest_sdopt" / "models" / "embedded"
+    for name in EMBEDDED_ARCHITECTURES:
+        shipped = json.loads((embedded / name / "sdopt_model.json").read_text())["trained"]["recipe"]
+        assert dataclasses.asdict(dataclasses.replace(Recipe(), **RECIPES[name])) == shipped, name
