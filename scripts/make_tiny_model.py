@@ -44,7 +44,7 @@ SEED = 0
 DEFAULT_PROMPT = "a yellow triangle on a blue background"  # what the model draws unless told
 # Guidance extrapolates from the unconditional prediction, which a model this small learns
 # poorly: held-out prompts drawn in the right colours, 5 seeds each, were 40/40 at guidance 1,
-# 40/40 at 1.5, 29/40 at 2, 7/40 at 3 and 12/40 at SD 1.5's 7.5 (shapes: 19/40 at 1, 23/40 at
+# 40/40 at 1.5, 29/40 at 2, 7/40 at 3 and 12/40 at SD 1.5's 7.5 (shapes: 35/40 at 1, 39/40 at
 # 1.5). 1.5 keeps classifier-free guidance (a batch of 2 through the UNet, as in real use)
 # where it draws best.
 DEFAULT_GUIDANCE = 1.5
@@ -325,13 +325,14 @@ def load_trained(folder: Path, recipe: "Recipe") -> tuple[dict, dict]:
 
 # What each model trains differently from tiny. Both train tiny's batches of 48 at least 7000
 # times: at 4500 of 32 (the two side by side within the hour) neither had learned shapes.
-# tiny-sd3: its VAE starts from tiny's (warm_start_vae), so it trains 400 steps and tunes for
-# tiles 800; plain noise, because flow matching's first step is pure noise (sigma 1), so no low
-# frequency of the image can leak into it; 10000 batches, after which it draws trained prompts'
-# shapes (28/40; 20/40 after 8000): its triangles, not its squares, which come out as circles, so
-# held-out prompts (circles and squares only) get their shapes at chance (issue 19).
+# tiny-sd3: its VAE starts from tiny's (warm_start_vae), so it trains 1200 steps (at 400 its
+# decoder turned a blue square on green hollow and green) and tunes for tiles 800; plain noise,
+# because flow matching's first step is pure noise (sigma 1), so no low frequency of the image can
+# leak into it; 8000 batches, at twice tiny's width (architectures.TINY_SD3), after which it draws
+# held-out and trained prompts' shapes 40/40 (at tiny's width, 10000 batches drew one rounded blob
+# for "square" and "circle" alike: docs/models.md).
 RECIPES = {"tiny": {}, "tiny-xl": {},
-           "tiny-sd3": {"unet_steps": 10000, "pyramid_discount": 0.0, "vae_steps": 400, "tile_steps": 800}}
+           "tiny-sd3": {"unet_steps": 8000, "pyramid_discount": 0.0, "vae_steps": 1200, "tile_steps": 800}}
 
 
 def main() -> None:

@@ -8,7 +8,8 @@ import random
 import numpy as np
 import pytest
 
-from pytest_sdopt.models.scenes import (CLEAR, COLOURS, CORE, HELD_OUT, JITTER, RADIUS, SHAPES, Scene, all_scenes, draw, held_out_scenes, read_scene, regions, training_scenes)
+from pytest_sdopt.models.scenes import (CLEAR, COLOURS, CORE, HELD_OUT, JITTER, LEAST_FIT, RADIUS, SHAPES, Scene, all_scenes, draw,
+                                       held_out_scenes, outline_fits, read_scene, regions, training_scenes)
 
 
 def test_every_caption_reads_back_as_its_scene():
@@ -82,4 +83,46 @@ def test_a_wrong_image_reads_as_a_mismatch_naming_what_it_shows():
     square = read_scene(draw(Scene("red", "square", "blue"), 96), scene)
     assert square.matches and not square.matches_shape and square.shape == "square"
     empty = read_scene(np.full((96, 96, 3), COLOURS["blue"], dtype=np.uint8), scene)
-    assert not empty.matches and empty.fill == 0.0
+    assert not empty.matches and empty.fits == {} and empty.shape is None and "no shape-coloured region" in str(empty)
+
+
+def test_stray_pixels_of_the_shapes_colour_do_not_change_the_shape_it_reads():
+    """What the bounding-box fill got wrong: a few pixels apart from the shape (a VAE's speckle)
+    widened the box, and a square read as a circle."""
+    scene = Scene("red", "square", "blue")
+    image = draw(scene, 128).copy()
+    for x, y in ((30, 64), (64, 100), (97, 40)):  # within the clear distance, away from the square
+        image[y, x] = COLOURS["red"]
+    reading = read_scene(image, scene)
+    assert reading.matches_shape, str(reading)
+    assert reading.fits["square"] > 0.95 > reading.fits["circle"]
+
+
+def test_a_region_that_is_none_of_the_shapes_reads_as_no_shape():
+    scene = Scene("white", "circle", "black")
+    plus = np.full((128, 128, 3), COLOURS["black"], dtype=np.uint8)
+    plus[60:68, 36:92] = plus[36:92, 60:68] = COLOURS["white"]
+    reading = read_scene(plus, scene)
+    assert reading.matches and reading.shape is None and not reading.matches_shape
+    assert max(reading.fits.values()) < LEAST_FIT and "no shape" in str(reading)
+
+
+def test_random_blobs_mostly_read_as_no_shape_and_seldom_as_a_corner_shape():
+    """A model that draws a blob of the right colours cannot pass the shape checks by luck:
+    seeded smooth blobs around the centre read as no shape more often than as any shape, and as
+    a square or a triangle (which need corners) seldom."""
+    from scipy import ndimage
+
+    rng = np.random.default_rng(0)
+    _, clear = regions(128, 128)
+    ys, xs = np.mgrid[0:128, 0:128]
+    shapes = []
+    for _ in range(100):
+        field = ndimage.gaussian_filter(rng.standard_normal((128, 128)), 8)
+        field = field / field.std() - np.hypot(xs - 64, ys - 64) / 25
+        region = (field > np.quantile(field, 0.9)) & ~clear
+        fits = outline_fits(region)
+        shapes.append(max(fits, key=fits.__getitem__) if max(fits.values()) >= LEAST_FIT else None)
+    counts = {shape: shapes.count(shape) for shape in (*SHAPES, None)}
+    assert counts[None] == max(counts.values()), counts
+    assert counts["square"] + counts["triangle"] <= 20, counts

@@ -151,13 +151,14 @@ TINY_XL = Architecture(
     family="sdxl",
 )
 
-# SD3's topology at tiny's width: an MMDiT of 4 joint blocks (2 heads of 32), patch 2 on a
-# 16-channel latent, 64-d joint attention (the two CLIPs' 32 + 32, so no padding; the 256
+# SD3's topology at twice tiny's width: an MMDiT of 3 joint blocks (4 heads of 32; at tiny's
+# width of 64, with 4 or 8 blocks, it drew one rounded blob for "square" and "circle" alike),
+# patch 2 on a 16-channel latent, 64-d joint attention (the two CLIPs' 32 + 32, so no padding; the 256
 # positions T5 would fill are zeros, as in SD3 without T5), 64-d pooled text; a 16-channel VAE
 # with no quant convs, its latents shifted and scaled; flow-matching Euler with SD3's shift 3.
 TINY_SD3 = Architecture(
     name="tiny-sd3",
-    denoiser=_sd3_transformer(layers=4, heads=2, head_dim=32, joint_attention_dim=64, pooled_dim=64, sample_size=16,
+    denoiser=_sd3_transformer(layers=3, heads=4, head_dim=32, joint_attention_dim=64, pooled_dim=64, sample_size=16,
                               pos_embed_max_size=32),
     vae={**TINY.vae, "latent_channels": 16, "use_quant_conv": False, "use_post_quant_conv": False},
     text_encoder=_clip_text(hidden=32, intermediate=64, layers=2, heads=4),
